@@ -1,0 +1,2 @@
+"""Parameters -> image: the engine protocol, the mesh engine and the neural engine's runtimes.
+Engines never import trackers."""

@@ -1,0 +1,19 @@
+"""User-facing errors: the CLI turns these into one line on stderr and exit code 2."""
+
+
+class PuppetError(Exception):
+    """A mistake in what the user asked for (bad file, no camera, no face, unwritable output)."""
+
+    exit_code = 2
+
+
+class InputError(PuppetError):
+    """The input cannot be opened or decoded (missing, corrupt, truncated, no video stream)."""
+
+
+class OutputError(PuppetError):
+    """The output cannot be written."""
+
+
+class AssetError(PuppetError):
+    """A model or data file is missing, corrupt or foreign."""

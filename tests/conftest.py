@@ -1,0 +1,45 @@
+"""Shared fixtures: the test media live in ../shared (never in this repo)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+MEDIA = SHARED / "media"
+FACE_LANDMARKER = SHARED / "assets" / "face_landmarker.task"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"test asset {path} is absent (tests expect ../shared beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def media_dir() -> Path:
+    return _require(MEDIA)
+
+
+@pytest.fixture(scope="session")
+def face_video() -> Path:
+    """A face close-up with an AAC audio track."""
+    return _require(MEDIA / "video" / "lp_d3.mp4")
+
+
+@pytest.fixture(scope="session")
+def body_video() -> Path:
+    """Head and shoulders, 1280x720."""
+    return _require(MEDIA / "video" / "lp_s32.mp4")
+
+
+@pytest.fixture(scope="session")
+def face_image() -> Path:
+    return _require(MEDIA / "images" / "lp_s0.jpg")
+
+
+@pytest.fixture(scope="session")
+def face_landmarker_task() -> Path:
+    return _require(FACE_LANDMARKER)
