@@ -1,0 +1,155 @@
+"""Benchmarks that measure (never assert): per-stage milliseconds, p50/p95, frames per second,
+with the machine and versions recorded next to the numbers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from puppet.errors import InputError
+from puppet.params import tool_versions
+from puppet.sources import open_source
+from puppet.tracking import STAGES, Tracker, TrackingOptions
+
+log = logging.getLogger(__name__)
+
+
+def machine_info() -> dict[str, Any]:
+    """Where a figure was measured."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "versions": tool_versions(),
+    }
+
+
+@dataclass(frozen=True)
+class StageStats:
+    p50: float
+    p95: float
+    mean: float
+
+    @classmethod
+    def of(cls, values_ms: list[float] | np.ndarray) -> "StageStats":
+        v = np.asarray(values_ms, dtype=np.float64)
+        if v.size == 0:
+            return cls(float("nan"), float("nan"), float("nan"))
+        return cls(float(np.percentile(v, 50)), float(np.percentile(v, 95)), float(v.mean()))
+
+
+@dataclass(frozen=True)
+class TrackBenchReport:
+    """Per-stage timings of the tracking stage on one input.
+
+    ``tracking`` is the wall time of the whole stage per frame (face + body + solve + smooth; face
+    and body overlap when run in parallel), the figure the tracking speed bar refers to.
+    """
+
+    input: str
+    frame_size: tuple[int, int]
+    frames: int
+    warmup: int
+    mode: str
+    parallel: bool
+    face_backend: str
+    stages_ms: dict[str, StageStats]
+    fps: float
+    machine: dict[str, Any] = field(default_factory=machine_info)
+
+    def table(self) -> str:
+        w, h = self.frame_size
+        lines = [f"puppet bench track: {self.input} ({w}x{h}), {self.frames} frames after {self.warmup} "
+                 f"warm-up, mode {self.mode}, {'parallel' if self.parallel else 'sequential'}, "
+                 f"face tracker {self.face_backend}",
+                 f"machine: {self.machine['cpu']}, {self.machine['cores']} cores",
+                 f"{'stage':<10} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8}"]
+        for name, s in self.stages_ms.items():
+            lines.append(f"{name:<10} {s.p50:>8.2f} {s.p95:>8.2f} {s.mean:>8.2f}")
+        lines.append(f"tracking stage: {1e3 / self.stages_ms['tracking'].mean:.1f} fps; "
+                     f"end to end (decode + tracking): {self.fps:.1f} fps")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_json(), indent=2))
+        return path
+
+
+def bench_track(input: str, options: TrackingOptions = TrackingOptions(), frames: int | None = 300,
+                warmup: int = 10, progress: bool = True) -> TrackBenchReport:
+    """Decode and track ``frames`` frames of ``input`` (after ``warmup``), timing every stage.
+
+    Decoding is timed on its own (not overlapped) so that the stage figures add up.
+    """
+    from tqdm import tqdm
+
+    samples: dict[str, list[float]] = {name: [] for name in ("decode", *STAGES, "tracking")}
+    with open_source(input) as source, Tracker(options) as tracker:
+        total = source.frame_count
+        limit = None if frames is None else frames + warmup
+        if total is not None and limit is not None:
+            total = min(total, limit)
+        it = iter(source)
+        n = 0
+        start_all = None
+        with tqdm(total=total, unit="frame", desc="bench", disable=None if progress else True, leave=False) as bar:
+            while limit is None or n < limit:
+                t0 = time.perf_counter()
+                try:
+                    frame = next(it)
+                except StopIteration:
+                    break
+                t1 = time.perf_counter()
+                tracked = tracker.process(frame)
+                t2 = time.perf_counter()
+                if n == warmup:
+                    start_all = t0
+                if n >= warmup:
+                    samples["decode"].append(1e3 * (t1 - t0))
+                    samples["tracking"].append(1e3 * (t2 - t1))
+                    for name in STAGES:
+                        samples[name].append(tracked.timings_ms[name])
+                n += 1
+                bar.update(1)
+        measured = max(0, n - warmup)
+        if measured == 0:
+            raise InputError(f"{source.description} has only {n} frames: nothing left to time after "
+                             f"{warmup} warm-up frames")
+        elapsed = time.perf_counter() - start_all if start_all is not None else 0.0
+        stages = {name: StageStats.of(v) for name, v in samples.items()
+                  if name not in ("body",) or options.mode == "full"}
+        return TrackBenchReport(
+            input=source.description,
+            frame_size=source.size,
+            frames=measured,
+            warmup=min(warmup, n),
+            mode=options.mode,
+            parallel=options.parallel,
+            face_backend=tracker.face_backend,
+            stages_ms=stages,
+            fps=measured / elapsed if elapsed > 0 else 0.0,
+        )

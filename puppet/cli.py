@@ -1,0 +1,147 @@
+"""``puppet`` on the command line: a thin layer over the library.
+
+Each command builds the options dataclasses once from its arguments and calls one library function
+(``puppet.track.track``, ``puppet.bench.bench_track``). User mistakes (``PuppetError``) print one
+line and exit with code 2; Ctrl-C exits with 130 after the command saved what it had.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from puppet import __version__
+from puppet.errors import PuppetError
+
+log = logging.getLogger("puppet")
+
+
+# ----------------------------------------------------------------------------- shared options
+
+def _add_tracking_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("tracking")
+    g.add_argument("--mode", choices=("full", "face"), default="full",
+                   help="full: face and upper body; face: face only (faster, shoulders at rest)")
+    g.add_argument("--face-tracker", choices=("facemesh", "landmarker", "auto"), default="facemesh",
+                   help="facemesh: MediaPipe FaceMesh (bundled, ~5 ms); landmarker: MediaPipe's "
+                        "FaceLandmarker bundle with its blendshape model (~12 ms); auto: landmarker "
+                        "when face_landmarker.task is found")
+    g.add_argument("--face-landmarker", type=Path, metavar="TASK",
+                   help="path to face_landmarker.task (else $PUPPET_FACE_LANDMARKER, then the cache dir)")
+    g.add_argument("--expression", choices=("auto", "builtin", "mediapipe"), default="auto",
+                   help="expression weights from MediaPipe's blendshape model when available (auto), "
+                        "or always from the built-in anny solver")
+    g.add_argument("--subject", default="largest",
+                   help="which face to follow when several are visible: largest, center, left, right "
+                        "or an index counted from the left")
+    g.add_argument("--sequential", action="store_true", help="run face and body trackers on one thread")
+    g.add_argument("--no-smooth", action="store_true", help="write raw solver output (no One Euro filtering)")
+
+
+def _tracking_options(args: argparse.Namespace):
+    from puppet.smoothing import SmoothingOptions
+    from puppet.tracking import TrackingOptions
+    from trackers.face import FaceTrackerOptions
+    from trackers.face_solver import FaceSolverOptions
+
+    subject: str | int = args.subject
+    if isinstance(subject, str) and subject.isdigit():
+        subject = int(subject)
+    try:
+        face = FaceTrackerOptions(backend=args.face_tracker, face_landmarker=args.face_landmarker, subject=subject)
+        return TrackingOptions(
+            mode=args.mode,
+            parallel=not args.sequential,
+            face=face,
+            face_solver=FaceSolverOptions(expression_source=args.expression),
+            smoothing=SmoothingOptions(enabled=not args.no_smooth),
+        )
+    except ValueError as exc:
+        raise PuppetError(str(exc)) from None
+
+
+# ----------------------------------------------------------------------------- commands
+
+def cmd_track(args: argparse.Namespace) -> int:
+    from puppet.track import TrackJob, track
+
+    job = TrackJob(input=args.input, output=args.output, overlay=args.overlay,
+                   tracking=_tracking_options(args), max_frames=args.max_frames,
+                   progress=not args.no_progress)
+    summary = track(job)
+    print(summary.describe())
+    return 130 if summary.interrupted else 0
+
+
+def cmd_bench_track(args: argparse.Namespace) -> int:
+    from puppet.bench import bench_track
+
+    report = bench_track(args.input, _tracking_options(args), frames=args.frames, warmup=args.warmup,
+                         progress=not args.no_progress)
+    print(report.table())
+    if args.json:
+        print(f"JSON: {report.save(args.json)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="puppet", description="Real-time video puppeteering.")
+    parser.add_argument("--version", action="version", version=f"puppet {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("track", help="video, camera or images -> parameter file (+ overlay video)",
+                       description="Track expression and head/shoulder pose into a .npz parameter file.")
+    p.add_argument("input", help="video file, image, image folder, or camera (0, /dev/video0)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="parameter file to write (.npz)")
+    p.add_argument("--overlay", type=Path, help="also write a video with landmarks, axes and bars (.mp4)")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--no-progress", action="store_true")
+    _add_tracking_arguments(p)
+    p.set_defaults(func=cmd_track)
+
+    p = sub.add_parser("bench", help="measure per-stage speed")
+    bench_sub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    b = bench_sub.add_parser("track", help="per-stage ms (decode, face, body, solve, smooth) and fps")
+    b.add_argument("input", help="video file, image folder or camera")
+    b.add_argument("--frames", type=int, default=300, help="frames to time after warm-up (default 300)")
+    b.add_argument("--warmup", type=int, default=10)
+    b.add_argument("--json", type=Path, help="also save the report as JSON")
+    b.add_argument("--no-progress", action="store_true")
+    _add_tracking_arguments(b)
+    b.set_defaults(func=cmd_bench_track)
+    return parser
+
+
+def _quiet_native_logs() -> None:
+    """MediaPipe/TFLite log through glog/absl to stderr; keep the terminal for our own messages."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")  # camera probing prints C++ warnings otherwise
+    warnings.filterwarnings("ignore", category=UserWarning, module="google.protobuf")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_native_logs()
+    try:
+        return args.func(args)
+    except PuppetError as exc:
+        print(f"puppet: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("puppet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
