@@ -198,6 +198,17 @@ void main() {
 """
 
 
+def lift_pixels(points_px: np.ndarray, tri_map: np.ndarray, bary_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which surface point shows at each pixel position, from ``render_triangle_ids`` maps.
+
+    ``points_px: N x 2`` (x right, y down) -> (triangle ``N``, -1 on background; barycentric ``N x 3``).
+    """
+    h, w = tri_map.shape
+    x = np.clip(np.floor(points_px[:, 0]).astype(int), 0, w - 1)
+    y = np.clip(np.floor(points_px[:, 1]).astype(int), 0, h - 1)
+    return tri_map[y, x], bary_map[y, x]
+
+
 @dataclass
 class _MeshBuffers:
     faces: np.ndarray

@@ -101,6 +101,13 @@ def head_mesh(phenotype: dict[str, float] | None = None) -> HeadMesh:
                     segments=segments)
 
 
+def surface_points(vertices: np.ndarray, faces: np.ndarray, triangle: np.ndarray, barycentric: np.ndarray) -> np.ndarray:
+    """Points given as (triangle, barycentric) on a mesh: ``V x 3, F x 3, N, N x 3 -> N x 3``.
+    The same (triangle, barycentric) pair names the same surface point for every anny phenotype
+    and expression, which is what makes the landmark correspondence transferable."""
+    return np.einsum("nk,nkd->nd", barycentric, vertices[faces[triangle]])
+
+
 def vertex_mask(faces: np.ndarray, face_mask: np.ndarray, num_vertices: int) -> np.ndarray:
     """Vertices touched by the selected faces. ``faces: F x 3, face_mask: F -> V`` bool."""
     mask = np.zeros(num_vertices, dtype=bool)

@@ -125,7 +125,9 @@ class ParamSequence:
             arrays = {n: np.stack([np.asarray(getattr(f, n)) for f in frames]).astype(_ARRAY_FIELDS[n][1])
                       for n in FIELD_NAMES}
         else:
-            arrays = {n: np.zeros((0,) + (_ARRAY_FIELDS[n][0] or (0,)), _ARRAY_FIELDS[n][1]) for n in FIELD_NAMES}
+            arrays = {}
+            for n, (shape, dtype) in _ARRAY_FIELDS.items():
+                arrays[n] = np.zeros((0,) + (shape if shape is not None else (0,)), dtype)
         return cls(arrays=arrays, header=header)
 
 

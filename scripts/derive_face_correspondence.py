@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.raster import Camera, MeshRasterizer, look_at
+from engines.raster import Camera, MeshRasterizer, look_at, lift_pixels
 from puppet.contract import ARKIT_NAMES, Blendshape
-from puppet.face_model import PHENOTYPE_NAMES, eyeball_directions, head_colors, head_mesh
+from puppet.face_model import PHENOTYPE_NAMES, eyeball_directions, head_colors, head_mesh, surface_points
 
 log = logging.getLogger("derive_face_correspondence")
 
@@ -60,21 +60,6 @@ def view_camera(yaw_deg: float, pitch_deg: float, distance: float = 1.3, fov: fl
     return Camera(look_at(HEAD_CENTER + distance * direction, HEAD_CENTER), fov_y_deg=fov)
 
 
-def lift_landmarks(landmarks_px: np.ndarray, tri_map: np.ndarray, bary_map: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Landmark pixels ``N x 2`` -> (triangle ``N``, barycentric ``N x 3``); triangle -1 where the
-    pixel shows background."""
-    h, w = tri_map.shape
-    x = np.clip(np.round(landmarks_px[:, 0] - 0.5).astype(int), 0, w - 1)
-    y = np.clip(np.round(landmarks_px[:, 1] - 0.5).astype(int), 0, h - 1)
-    return tri_map[y, x], bary_map[y, x]
-
-
-def surface_points(vertices: np.ndarray, faces: np.ndarray, tri: np.ndarray, bary: np.ndarray) -> np.ndarray:
-    """Points given as (triangle, barycentric) on a mesh. ``-> N x 3``."""
-    return np.einsum("nk,nkd->nd", bary, vertices[faces[tri]])
-
-
 def derive(output: Path = OUTPUT, identity_components: int = 10, seed: int = 0) -> Path:
     import mediapipe as mp
     import trimesh
@@ -101,7 +86,7 @@ def derive(output: Path = OUTPUT, identity_components: int = 10, seed: int = 0) 
                     lm = result.multi_face_landmarks[0].landmark
                     px = np.array([[p.x * IMAGE_SIZE, p.y * IMAGE_SIZE] for p in lm])
                     tri_map, bary_map = raster.render_triangle_ids(verts, camera)
-                    tri, bary = lift_landmarks(px, tri_map, bary_map)
+                    tri, bary = lift_pixels(px, tri_map, bary_map)
                     # Express every lift on the base head at neutral: same topology, same triangle.
                     ok = tri >= 0
                     points = surface_points(base.rest, faces, tri[ok], bary[ok])
