@@ -22,6 +22,19 @@ log = logging.getLogger("puppet")
 
 # ----------------------------------------------------------------------------- shared options
 
+def _count(minimum: int):
+    """An argparse type: an integer of at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
 def _add_tracking_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tracking")
     g.add_argument("--mode", choices=("full", "face"), default="full",
@@ -101,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="video file, image, image folder, or camera (0, /dev/video0)")
     p.add_argument("-o", "--output", type=Path, required=True, help="parameter file to write (.npz)")
     p.add_argument("--overlay", type=Path, help="also write a video with landmarks, axes and bars (.mp4)")
-    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--max-frames", type=_count(1), help="stop after this many frames")
     p.add_argument("--no-progress", action="store_true")
     _add_tracking_arguments(p)
     p.set_defaults(func=cmd_track)
@@ -110,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
     b = bench_sub.add_parser("track", help="per-stage ms (decode, face, body, solve, smooth) and fps")
     b.add_argument("input", help="video file, image folder or camera")
-    b.add_argument("--frames", type=int, default=300, help="frames to time after warm-up (default 300)")
-    b.add_argument("--warmup", type=int, default=10)
+    b.add_argument("--frames", type=_count(1), default=300, help="frames to time after warm-up (default 300)")
+    b.add_argument("--warmup", type=_count(0), default=10)
     b.add_argument("--json", type=Path, help="also save the report as JSON")
     b.add_argument("--no-progress", action="store_true")
     _add_tracking_arguments(b)

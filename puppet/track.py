@@ -2,14 +2,20 @@
 
 A decode thread reads ahead of the tracker (bounded queue, lossless); every input frame yields one
 parameter frame with the input's timestamp. Ctrl-C stops early and still writes everything tracked
-so far: the parameter file, and a playable overlay video with the input's audio.
+so far: the parameter file, and a playable overlay video with the input's audio. The first Ctrl-C
+is taken between frames (each frame is tracked, drawn and written whole, so the overlay has exactly
+the frames of the parameter file); a second one raises ``KeyboardInterrupt`` at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,7 +106,9 @@ def track(job: TrackJob) -> TrackSummary:
     output = check_output_path(job.output, (".npz",))
     overlay_path = check_output_path(job.overlay, (".mp4", ".mov", ".m4v", ".mkv")) if job.overlay else None
     source = open_source(job.input)
-    with source:
+    with source, _stop_on_interrupt() as stop:
+        if overlay_path is not None and source.path is not None and _same_file(overlay_path, source.path):
+            raise OutputError(f"cannot write the overlay to {overlay_path}: it is the input video")
         writer = None
         if overlay_path is not None:
             from puppet.video_writer import VideoWriter
@@ -108,23 +116,23 @@ def track(job: TrackJob) -> TrackSummary:
             writer = VideoWriter.for_source(overlay_path, source.info)
         try:
             with Tracker(job.tracking) as tracker:
-                frames, interrupted, seconds = _run(source, tracker, writer, job)
+                frames, interrupted, seconds = _run(source, tracker, writer, job, stop)
                 backend = tracker.face_backend
         finally:
             if writer is not None:
                 writer.close()
-    header = make_header(
-        fps=source.fps,
-        source=source.description,
-        extra={
-            "mode": job.tracking.mode,
-            "face_tracker": backend,
-            "expression_source": job.tracking.face_solver.expression_source,
-            "frames": len(frames),
-            "interrupted": interrupted,
-        },
-    )
-    save_params(output, ParamSequence.from_frames(frames, header))
+        header = make_header(
+            fps=source.fps,
+            source=source.description,
+            extra={
+                "mode": job.tracking.mode,
+                "face_tracker": backend,
+                "expression_source": job.tracking.face_solver.expression_source,
+                "frames": len(frames),
+                "interrupted": interrupted,
+            },
+        )
+        save_params(output, ParamSequence.from_frames(frames, header))
     return TrackSummary(
         input=source.description,
         output=output,
@@ -139,7 +147,41 @@ def track(job: TrackJob) -> TrackSummary:
     )
 
 
-def _run(source: Source, tracker: Tracker, writer, job: TrackJob) -> tuple[list[DriverParams], bool, float]:
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt() -> Iterator[threading.Event]:
+    """Turn the first Ctrl-C into an event that the frame loop checks between frames.
+
+    A ``KeyboardInterrupt`` raised in the middle of a frame would leave that frame in the
+    parameters but not in the overlay, or drop encoded packets on their way to the file. The
+    handler then steps aside: a second Ctrl-C raises as usual. Off the main thread, or when
+    SIGINT has a handler of someone else's, nothing changes (``KeyboardInterrupt`` is still caught).
+    """
+    stop = threading.Event()
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield stop
+        return
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _run(source: Source, tracker: Tracker, writer, job: TrackJob,
+         stop: threading.Event) -> tuple[list[DriverParams], bool, float]:
     from tqdm import tqdm
 
     draw = None
@@ -166,6 +208,10 @@ def _run(source: Source, tracker: Tracker, writer, job: TrackJob) -> tuple[list[
             if len(frames) % 15 == 0:
                 bar.set_postfix(face=f"{100 * sum(p.face_ok for p in frames) / len(frames):.0f}%")
             if job.max_frames is not None and len(frames) >= job.max_frames:
+                break
+            if stop.is_set():
+                interrupted = True
+                log.warning("interrupted: keeping the %d frames tracked so far", len(frames))
                 break
     except KeyboardInterrupt:
         interrupted = True
