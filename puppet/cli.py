@@ -40,9 +40,9 @@ def _add_tracking_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", choices=("full", "face"), default="full",
                    help="full: face and upper body; face: face only (faster, shoulders at rest)")
     g.add_argument("--face-tracker", choices=("facemesh", "landmarker", "auto"), default="facemesh",
-                   help="facemesh: MediaPipe FaceMesh (bundled, ~5 ms); landmarker: MediaPipe's "
-                        "FaceLandmarker bundle with its blendshape model (~12 ms); auto: landmarker "
-                        "when face_landmarker.task is found")
+                   help="facemesh: MediaPipe FaceMesh (bundled, ~5 ms), plus MediaPipe's blendshape "
+                        "network (~0.6 ms) when face_landmarker.task is found; landmarker: the whole "
+                        "FaceLandmarker task (~12 ms); auto: landmarker when the bundle is found")
     g.add_argument("--face-landmarker", type=Path, metavar="TASK",
                    help="path to face_landmarker.task (else $PUPPET_FACE_LANDMARKER, then the cache dir)")
     g.add_argument("--expression", choices=("auto", "builtin", "mediapipe"), default="auto",
@@ -65,7 +65,8 @@ def _tracking_options(args: argparse.Namespace):
     if isinstance(subject, str) and subject.isdigit():
         subject = int(subject)
     try:
-        face = FaceTrackerOptions(backend=args.face_tracker, face_landmarker=args.face_landmarker, subject=subject)
+        face = FaceTrackerOptions(backend=args.face_tracker, face_landmarker=args.face_landmarker, subject=subject,
+                                  blendshapes="off" if args.expression == "builtin" else "auto")
         return TrackingOptions(
             mode=args.mode,
             parallel=not args.sequential,

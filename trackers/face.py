@@ -3,8 +3,10 @@
 Backends (``FaceTrackerOptions.backend``):
 
 - ``"facemesh"`` (default): MediaPipe's legacy FaceMesh in video mode with refined landmarks
-  (iris), bundled with mediapipe 0.10.14, works offline. No blendshapes: the solvers compute the
-  expression from the landmarks.
+  (iris), bundled with mediapipe 0.10.14, works offline. When ``face_landmarker.task`` can be found
+  (and ``blendshapes="auto"``), MediaPipe's blendshape network from that bundle runs on FaceMesh's
+  landmarks (~0.6 ms, ``trackers.mediapipe_blendshapes.BlendshapeModel``); without it the solvers
+  compute the expression from the landmarks.
 - ``"landmarker"``: MediaPipe Tasks ``FaceLandmarker`` in VIDEO running mode with the 52-category
   blendshape model; needs ``face_landmarker.task`` (``puppet.assets.find_face_landmarker``).
   Timestamps are ``Frame.t`` in milliseconds, forced strictly increasing.
@@ -64,7 +66,7 @@ import numpy as np
 from puppet.assets import FACE_LANDMARKER_ENV, FACE_LANDMARKER_FILE, cache_dir, find_face_landmarker
 from puppet.errors import AssetError
 from puppet.frame import Frame
-from trackers.mediapipe_blendshapes import expression_from_categories
+from trackers.mediapipe_blendshapes import BlendshapeModel, expression_from_categories
 from trackers.observation import NUM_FACE_LANDMARKS, FaceObservation
 
 logger = logging.getLogger(__name__)
@@ -81,6 +83,9 @@ class FaceTrackerOptions:
     backend: BackendName = "facemesh"
     # face_landmarker.task for the landmarker backend; else $PUPPET_FACE_LANDMARKER, then the cache.
     face_landmarker: str | None = None
+    # "auto": with FaceMesh, run MediaPipe's blendshape network on the landmarks when the
+    # face_landmarker.task bundle can be found; "off": never (the built-in solver does expressions).
+    blendshapes: Literal["auto", "off"] = "auto"
     # Faces the landmark graph tracks at once. 1 is cheapest: >1 runs the face detector on every
     # frame that has fewer faces than this.
     max_faces: int = 1
@@ -101,6 +106,8 @@ class FaceTrackerOptions:
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "facemesh", "landmarker"):
             raise ValueError(f"backend must be auto, facemesh or landmarker, got {self.backend!r}")
+        if self.blendshapes not in ("auto", "off"):
+            raise ValueError(f"blendshapes must be auto or off, got {self.blendshapes!r}")
         if self.max_faces < 1:
             raise ValueError(f"max_faces must be >= 1, got {self.max_faces}")
         for name in ("min_detection_confidence", "min_tracking_confidence"):
@@ -322,6 +329,11 @@ class FaceTracker:
         self._backend: _LandmarkBackend = (
             _LandmarkerBackend(options, model) if name == "landmarker" else _FaceMeshBackend(options)
         )
+        self._blendshape_model: BlendshapeModel | None = None
+        if name == "facemesh" and options.blendshapes == "auto":
+            bundle = find_face_landmarker(options.face_landmarker)
+            if bundle is not None:
+                self._blendshape_model = BlendshapeModel(bundle)
         # Short-range BlazeFace: the detector inside both landmark graphs, used here to list faces.
         self._finder = face_detection.FaceDetection(
             model_selection=0, min_detection_confidence=options.min_detection_confidence
@@ -335,6 +347,11 @@ class FaceTracker:
     def backend(self) -> str:
         """The backend in use ("facemesh" or "landmarker"; "auto" resolved)."""
         return self._backend.name
+
+    @property
+    def computes_blendshapes(self) -> bool:
+        """Whether observations carry MediaPipe's blendshapes."""
+        return self._backend.name == "landmarker" or self._blendshape_model is not None
 
     @property
     def tracking(self) -> bool:
@@ -397,11 +414,14 @@ class FaceTracker:
         return normalized * np.array([w, h, w], np.float32), expressions
 
     def _observe(self, landmarks: np.ndarray, expressions: np.ndarray | None, k: int, t: float) -> FaceObservation:
-        face = FaceObservation(
-            landmarks=np.ascontiguousarray(landmarks[k], dtype=np.float32),
-            score=self._score,
-            blendshapes=None if expressions is None else expressions[k].astype(np.float32),
-        )
+        points = np.ascontiguousarray(landmarks[k], dtype=np.float32)
+        if expressions is not None:
+            blendshapes = expressions[k].astype(np.float32)
+        elif self._blendshape_model is not None:
+            blendshapes = self._blendshape_model.predict(points)
+        else:
+            blendshapes = None
+        face = FaceObservation(landmarks=points, score=self._score, blendshapes=blendshapes)
         self._last, self._last_seen = face, t
         return face
 
