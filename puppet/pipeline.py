@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from puppet.frame import Frame
+from puppet.interrupt import stop_on_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -227,24 +228,16 @@ class Pipeline:
             threads.append(threading.Thread(target=self._work, args=(stage, boxes[i], boxes[i + 1]),
                                             name=f"stage-{stage.name}", daemon=True))
         latencies: list[float] = []
-        frames_out = 0
         interrupted = False
         start = time.perf_counter()
         self.sink.open()
         try:
-            for t in threads:
-                t.start()
-            while True:
-                packet = boxes[-1].get()
-                if packet is _END:
-                    break
-                keep_going = self.sink.write(packet)
-                frames_out += 1
-                latencies.append(1e3 * (time.perf_counter() - packet.captured))
-                if not keep_going:
-                    self._stop.set()
-                    break
-        except KeyboardInterrupt:
+            with stop_on_interrupt(self._stop) as stop:
+                for t in threads:
+                    t.start()
+                self._drain(boxes[-1], latencies)
+            interrupted = stop.interrupted
+        except KeyboardInterrupt:  # a second Ctrl-C, or SIGINT owned by someone else
             interrupted = True
             log.warning("interrupted: stopping the pipeline")
         finally:
@@ -257,13 +250,26 @@ class Pipeline:
         seconds = time.perf_counter() - start
         return PipelineStats(
             frames_in=self._frames_in,
-            frames_out=frames_out,
+            frames_out=len(latencies),
             dropped={name: box.dropped for name, box in zip(names, boxes) if self.options.live},
             stage_ms={name: Percentiles.of(v) for name, v in self._timings.items()},
             latency_ms=Percentiles.of(latencies),
             seconds=seconds,
             interrupted=interrupted,
         )
+
+    def _drain(self, inbox, latencies: list[float]) -> None:
+        """The sink's loop. After a stop request, packets already waiting for the sink are still
+        written; the sink is then closed by ``run`` (a video file stays playable)."""
+        while True:
+            packet = inbox.get()
+            if packet is _END:
+                return
+            keep_going = self.sink.write(packet)
+            latencies.append(1e3 * (time.perf_counter() - packet.captured))
+            if not keep_going:
+                self._stop.set()
+                return
 
     # -- threads
 

@@ -9,17 +9,14 @@ the frames of the parameter file); a second one raises ``KeyboardInterrupt`` at 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import signal
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from puppet.errors import OutputError
+from puppet.interrupt import stop_on_interrupt
+from puppet.paths import VIDEO_SUFFIXES, check_output_path, refuse_overwriting_input
 from puppet.params import DriverParams, ParamSequence, make_header, save_params
 from puppet.prefetch import Prefetcher
 from puppet.sources import Source, open_source
@@ -86,29 +83,14 @@ class TrackJob:
     progress: bool = True
 
 
-def check_output_path(path: Path, suffixes: tuple[str, ...]) -> Path:
-    """Fail before any work when ``path`` cannot be written."""
-    path = Path(path)
-    if path.suffix.lower() not in suffixes:
-        raise OutputError(f"{path}: expected a file ending in {' or '.join(suffixes)}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"cannot write {path}: folder {parent} does not exist")
-    if path.is_dir():
-        raise OutputError(f"cannot write {path}: it is a folder")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write {path}: folder {parent} is not writable")
-    return path
-
-
 def track(job: TrackJob) -> TrackSummary:
     """Run a tracking job; see ``TrackJob``. Raises ``PuppetError`` subclasses on user mistakes."""
     output = check_output_path(job.output, (".npz",))
-    overlay_path = check_output_path(job.overlay, (".mp4", ".mov", ".m4v", ".mkv")) if job.overlay else None
+    overlay_path = check_output_path(job.overlay, VIDEO_SUFFIXES) if job.overlay else None
     source = open_source(job.input)
-    with source, _stop_on_interrupt() as stop:
-        if overlay_path is not None and source.path is not None and _same_file(overlay_path, source.path):
-            raise OutputError(f"cannot write the overlay to {overlay_path}: it is the input video")
+    with source, stop_on_interrupt() as stop:
+        if overlay_path is not None:
+            refuse_overwriting_input(overlay_path, source.path, "overlay")
         writer = None
         if overlay_path is not None:
             from puppet.video_writer import VideoWriter
@@ -145,39 +127,6 @@ def track(job: TrackJob) -> TrackSummary:
         face_backend=backend,
         mode=job.tracking.mode,
     )
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _stop_on_interrupt() -> Iterator[threading.Event]:
-    """Turn the first Ctrl-C into an event that the frame loop checks between frames.
-
-    A ``KeyboardInterrupt`` raised in the middle of a frame would leave that frame in the
-    parameters but not in the overlay, or drop encoded packets on their way to the file. The
-    handler then steps aside: a second Ctrl-C raises as usual. Off the main thread, or when
-    SIGINT has a handler of someone else's, nothing changes (``KeyboardInterrupt`` is still caught).
-    """
-    stop = threading.Event()
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield stop
-        return
-
-    def on_interrupt(signum: int, frame: object) -> None:
-        stop.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    signal.signal(signal.SIGINT, on_interrupt)
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _run(source: Source, tracker: Tracker, writer, job: TrackJob,
