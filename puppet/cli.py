@@ -78,6 +78,30 @@ def _tracking_options(args: argparse.Namespace):
         raise PuppetError(str(exc)) from None
 
 
+def _add_render_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("avatar")
+    g.add_argument("--avatar", default=None, help="built-in avatar name (see `puppet avatars`) or an avatar .json")
+    g.add_argument("--engine", choices=("mesh",), default="mesh")
+    g.add_argument("--size", type=_count(64), default=512, help="avatar image side in pixels (default 512)")
+    g.add_argument("--no-calibrate", action="store_true",
+                   help="drive the avatar with absolute values (no neutral calibration over the first second)")
+
+
+def _render_options(args: argparse.Namespace):
+    from puppet.convert import DEFAULT_AVATAR, RenderOptions
+
+    try:
+        return RenderOptions(avatar=args.avatar or DEFAULT_AVATAR, engine=args.engine, size=args.size)
+    except ValueError as exc:
+        raise PuppetError(str(exc)) from None
+
+
+def _retarget_options(args: argparse.Namespace):
+    from puppet.retarget import RetargetOptions
+
+    return RetargetOptions(calibration_s=0.0 if args.no_calibrate else 1.0)
+
+
 # ----------------------------------------------------------------------------- commands
 
 def cmd_track(args: argparse.Namespace) -> int:
@@ -89,6 +113,44 @@ def cmd_track(args: argparse.Namespace) -> int:
     summary = track(job)
     print(summary.describe())
     return 130 if summary.interrupted else 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from puppet.convert import ConvertJob, convert
+
+    job = ConvertJob(input=args.input, output=args.output, render=_render_options(args),
+                     side_by_side=args.side_by_side, tracking=_tracking_options(args),
+                     retarget=_retarget_options(args), max_frames=args.max_frames,
+                     progress=not args.no_progress)
+    summary = convert(job)
+    print(summary.describe())
+    return 130 if summary.stats.interrupted else 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from puppet.convert import RenderJob, render_params
+
+    summary = render_params(RenderJob(params=args.params, output=args.output, render=_render_options(args),
+                                      retarget=_retarget_options(args), progress=not args.no_progress))
+    print(summary.describe())
+    return 130 if summary.interrupted else 0
+
+
+def cmd_webcam(args: argparse.Namespace) -> int:
+    from puppet.webcam import WebcamJob, run_webcam
+
+    stats = run_webcam(WebcamJob(camera=args.camera, render=_render_options(args), tracking=_tracking_options(args),
+                                 retarget=_retarget_options(args), max_seconds=args.max_seconds))
+    print(stats.describe())
+    return 0
+
+
+def cmd_avatars(args: argparse.Namespace) -> int:
+    from puppet.avatar import list_avatars, load_avatar
+
+    for name in list_avatars():
+        print(f"{name:<12} {load_avatar(name).describe()}")
+    return 0
 
 
 def cmd_bench_track(args: argparse.Namespace) -> int:
@@ -119,6 +181,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _add_tracking_arguments(p)
     p.set_defaults(func=cmd_track)
+
+    p = sub.add_parser("convert", help="video -> avatar video (tracking, retargeting, rendering; audio kept)",
+                       description="Drive an avatar with a video: one output frame per input frame, same "
+                                   "timestamps, the input's audio copied. Ctrl-C leaves a playable file.")
+    p.add_argument("input", help="video file (or image folder)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="video to write (.mp4, .mov, .mkv)")
+    p.add_argument("--side-by-side", action="store_true", help="the driver on the left, the avatar on the right")
+    p.add_argument("--max-frames", type=_count(1), help="stop after this many frames")
+    p.add_argument("--no-progress", action="store_true")
+    _add_render_arguments(p)
+    _add_tracking_arguments(p)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("render", help="parameter file (.npz) -> avatar video")
+    p.add_argument("params", type=Path, help="a parameter file written by `puppet track`")
+    p.add_argument("-o", "--output", type=Path, required=True, help="video to write (.mp4, .mov, .mkv)")
+    p.add_argument("--no-progress", action="store_true")
+    _add_render_arguments(p)
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("webcam", help="live preview: driver and avatar side by side",
+                       description="Live puppeteering in a window. Keys: c recalibrate, n/p next/previous "
+                                   "avatar, o overlay on/off, q quit.")
+    p.add_argument("--camera", default="0", help="camera index, /dev/videoN, or a video file played in real time")
+    p.add_argument("--max-seconds", type=float, help="stop after this long")
+    _add_render_arguments(p)
+    _add_tracking_arguments(p)
+    p.set_defaults(func=cmd_webcam)
+
+    p = sub.add_parser("avatars", help="list the built-in avatars")
+    p.set_defaults(func=cmd_avatars)
 
     p = sub.add_parser("bench", help="measure per-stage speed")
     bench_sub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
