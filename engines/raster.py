@@ -113,16 +113,22 @@ in vec3 in_position;
 in vec3 in_normal;
 in vec3 in_color;
 in vec4 in_eye;
+in vec4 in_decal1;
+in vec4 in_decal2;
 out vec3 v_normal;
 out vec3 v_color;
 out vec3 v_position;
 out vec4 v_eye;
+centroid out vec4 v_decal1;  // centroid: never extrapolated past the triangle (MSAA edges)
+centroid out vec4 v_decal2;
 void main() {
     gl_Position = mvp * vec4(in_position, 1.0);
     v_normal = in_normal;
     v_color = in_color;
     v_position = in_position;
     v_eye = in_eye;
+    v_decal1 = in_decal1;
+    v_decal2 = in_decal2;
 }
 """
 
@@ -144,9 +150,17 @@ in vec3 v_normal;
 in vec3 v_color;
 in vec3 v_position;
 in vec4 v_eye;
+centroid in vec4 v_decal1;
+centroid in vec4 v_decal2;
 out vec4 f_color;
+float coverage(float field) {
+    // Inside where the (linearly interpolated) field is positive, antialiased over a pixel.
+    return clamp(0.5 + field / max(fwidth(field), 1e-6), 0.0, 1.0);
+}
 void main() {
     vec3 base = v_color;
+    base = mix(base, v_decal1.rgb, coverage(v_decal1.w));
+    base = mix(base, v_decal2.rgb, coverage(v_decal2.w));
     if (v_eye.w > 0.5) {
         // Eyeball: angle from the eye's forward axis picks sclera, iris (with a darker limbal
         // ring) or pupil, per fragment, so a coarse eyeball mesh still gets a round iris.
@@ -216,6 +230,7 @@ class _MeshBuffers:
     normal: object
     color: object
     eye: object
+    decals: object
     index: object
     vao: object
 
@@ -269,12 +284,18 @@ class MeshRasterizer:
 
     # -- setup
 
-    def set_mesh(self, faces: np.ndarray, colors: np.ndarray, eye_directions: np.ndarray | None = None) -> None:
+    def set_mesh(self, faces: np.ndarray, colors: np.ndarray, eye_directions: np.ndarray | None = None,
+                 decals: np.ndarray | None = None) -> None:
         """Topology ``F x 3`` (int) and per-vertex linear RGB colours ``V x 3`` in [0, 1].
 
         ``eye_directions: V x 4`` marks eyeball vertices (w = 1) with their rest direction from the
         eyeball centre in the eye's own frame (+Z = gaze); other rows are zero. The shader draws
         iris and pupil from it (see ``EyeStyle``).
+
+        ``decals: V x 8`` paints up to two layers over the colours with crisp, antialiased edges
+        (a neckline, lips) that do not follow the triangles: per layer an RGB colour and a signed
+        field, linearly interpolated across triangles; the layer covers fragments where the field
+        is positive. Rows ``(r1, g1, b1, f1, r2, g2, b2, f2)``; None = no layers.
         """
         faces = np.ascontiguousarray(faces, dtype=np.int32)
         colors = np.ascontiguousarray(colors, dtype=np.float32)
@@ -288,21 +309,27 @@ class MeshRasterizer:
         eye_directions = np.ascontiguousarray(eye_directions, dtype=np.float32)
         if eye_directions.shape != (n, 4):
             raise ValueError(f"eye_directions must be {n} x 4, got {eye_directions.shape}")
+        if decals is None:
+            decals = np.tile(np.array([0, 0, 0, -1, 0, 0, 0, -1], np.float32), (n, 1))
+        decals = np.ascontiguousarray(decals, dtype=np.float32)
+        if decals.shape != (n, 8):
+            raise ValueError(f"decals must be {n} x 8, got {decals.shape}")
         self._release_mesh()
         ctx = self._ctx
         position = ctx.buffer(reserve=n * 12, dynamic=True)
         normal = ctx.buffer(reserve=n * 12, dynamic=True)
         color = ctx.buffer(colors.tobytes())
         eye = ctx.buffer(eye_directions.tobytes())
+        decal = ctx.buffer(decals.tobytes())
         index = ctx.buffer(faces.tobytes())
         vao = ctx.vertex_array(
             self._shaded,
             [(position, "3f", "in_position"), (normal, "3f", "in_normal"), (color, "3f", "in_color"),
-             (eye, "4f", "in_eye")],
+             (eye, "4f", "in_eye"), (decal, "4f 4f", "in_decal1", "in_decal2")],
             index_buffer=index,
             index_element_size=4,
         )
-        self._mesh = _MeshBuffers(faces, position, normal, color, eye, index, vao)
+        self._mesh = _MeshBuffers(faces, position, normal, color, eye, decal, index, vao)
 
     def set_colors(self, colors: np.ndarray) -> None:
         """Change per-vertex colours of the current mesh (same vertex count)."""
@@ -320,8 +347,13 @@ class MeshRasterizer:
         background: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0),
         normals: np.ndarray | None = None,
         eyes: "EyeStyle" = None,
+        cull_back_faces: bool = False,
     ) -> np.ndarray:
-        """Shade the mesh. ``vertices: V x 3`` world -> RGBA uint8 ``H x W x 4`` (alpha = coverage)."""
+        """Shade the mesh. ``vertices: V x 3`` world -> RGBA uint8 ``H x W x 4`` (alpha = coverage).
+
+        ``cull_back_faces`` skips triangles facing away (counter-clockwise = front, as anny's
+        outward-facing triangles): a third less work on llvmpipe for closed meshes; open or
+        two-sided parts must then carry both windings."""
         mesh = self._require_mesh(vertices)
         if normals is None:
             normals = vertex_normals(vertices, mesh.faces)
@@ -342,7 +374,10 @@ class MeshRasterizer:
         ctx = self._ctx
         self._msaa_fbo.use()
         ctx.enable(ctx.DEPTH_TEST)
-        ctx.disable(ctx.CULL_FACE)
+        if cull_back_faces:
+            ctx.enable(ctx.CULL_FACE)
+        else:
+            ctx.disable(ctx.CULL_FACE)
         self._msaa_fbo.clear(*background, depth=1.0)
         mesh.vao.render()
         ctx.copy_framebuffer(self._resolve_fbo, self._msaa_fbo)
@@ -363,6 +398,7 @@ class MeshRasterizer:
         ctx = self._ctx
         self._id_fbo.use()
         ctx.enable(ctx.DEPTH_TEST)
+        ctx.disable(ctx.CULL_FACE)
         self._id_fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
         ids.vao.render()
         bary2 = np.frombuffer(self._id_fbo.read(components=4, attachment=0, dtype="f4"), np.float32)
@@ -372,6 +408,11 @@ class MeshRasterizer:
         tri = np.where(tri > 0, tri - 1, -1)  # ids start at 1 in the buffer: 0 is background
         bary = np.concatenate([bary2, 1.0 - bary2.sum(-1, keepdims=True)], axis=-1)
         return tri.astype(np.int32), bary.astype(np.float32)
+
+    @property
+    def device(self) -> str:
+        """The OpenGL renderer's name (``llvmpipe ...`` for Mesa's software rasteriser)."""
+        return str(self._ctx.info["GL_RENDERER"]) if self._ctx is not None else "closed"
 
     # -- lifecycle
 
@@ -420,7 +461,7 @@ class MeshRasterizer:
     def _release_mesh(self) -> None:
         if self._mesh is not None:
             m = self._mesh
-            for obj in (m.vao, m.position, m.normal, m.color, m.eye, m.index):
+            for obj in (m.vao, m.position, m.normal, m.color, m.eye, m.decals, m.index):
                 obj.release()
             self._mesh = None
         if self._ids is not None:

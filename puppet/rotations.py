@@ -168,3 +168,12 @@ def rotation_between(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     axis = np.where(s > 1e-9, axis, fallback)
     axis = axis / np.maximum(np.linalg.norm(axis, axis=-1, keepdims=True), _EPS)
     return axis_angle_to_matrix(axis * angle)
+
+
+def fractional_rotation(m: np.ndarray, t: np.ndarray | float) -> np.ndarray:
+    """The rotation ``m`` raised to the power ``t`` (same axis, ``t`` times the angle, angle taken
+    in [0, pi]): ``fractional_rotation(m, a) @ fractional_rotation(m, b) == fractional_rotation(m, a + b)``.
+    ``(..., 3, 3) -> (..., 3, 3)``."""
+    aa = matrix_to_axis_angle(m)
+    t = np.asarray(t, dtype=np.float64)
+    return axis_angle_to_matrix(aa * (t[..., None] if t.ndim else t))
