@@ -18,7 +18,7 @@ $(BIN)/puppet: pyproject.toml requirements.lock
 venv: $(BIN)/puppet
 
 demo: venv
-	$(BIN)/python -m demos.track_demo
+	$(BIN)/python -m demos.puppet_demo
 
 test: venv
 	$(BIN)/python -m pytest -q

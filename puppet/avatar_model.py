@@ -64,7 +64,7 @@ from scipy import sparse
 
 from puppet.avatar import Avatar, HairStyle
 from puppet.contract import ARKIT_NAMES, NUM_EXPRESSIONS, NUM_POSE_JOINTS, Blendshape, SmplJoint, pose_row
-from puppet.face_model import anny_to_contract
+from puppet.face_model import anny_to_contract, import_anny
 from puppet.rotations import axis_angle_to_matrix, fractional_rotation, rotation_between
 
 log = logging.getLogger(__name__)
@@ -263,10 +263,7 @@ def smoothstep(x: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _anny_model():
-    import warp
-
-    warp.config.quiet = True  # anny initialises warp, which otherwise prints a banner
-    import anny
+    anny = import_anny()
     import torch  # noqa: F401  (anny is a torch module)
 
     with warnings.catch_warnings():

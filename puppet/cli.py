@@ -121,7 +121,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     job = ConvertJob(input=args.input, output=args.output, render=_render_options(args),
                      side_by_side=args.side_by_side, tracking=_tracking_options(args),
                      retarget=_retarget_options(args), max_frames=args.max_frames,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, params_output=args.save_params)
     summary = convert(job)
     print(summary.describe())
     return 130 if summary.stats.interrupted else 0
@@ -149,7 +149,10 @@ def cmd_avatars(args: argparse.Namespace) -> int:
     from puppet.avatar import list_avatars, load_avatar
 
     for name in list_avatars():
-        print(f"{name:<12} {load_avatar(name).describe()}")
+        a = load_avatar(name)
+        p, look = a.phenotype, a.appearance
+        print(f"{name:<10} gender {p.gender:.2f}  age {p.age:.2f}  weight {p.weight:.2f}  "
+              f"hair {look.hair_style:<5}  neckline {look.neckline}")
     return 0
 
 
@@ -188,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="video file (or image folder)")
     p.add_argument("-o", "--output", type=Path, required=True, help="video to write (.mp4, .mov, .mkv)")
     p.add_argument("--side-by-side", action="store_true", help="the driver on the left, the avatar on the right")
+    p.add_argument("--save-params", type=Path, metavar="NPZ", help="also save the tracked parameters (.npz)")
     p.add_argument("--max-frames", type=_count(1), help="stop after this many frames")
     p.add_argument("--no-progress", action="store_true")
     _add_render_arguments(p)
@@ -205,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Live puppeteering in a window. Keys: c recalibrate, n/p next/previous "
                                    "avatar, o overlay on/off, q quit.")
     p.add_argument("--camera", default="0", help="camera index, /dev/videoN, or a video file played in real time")
-    p.add_argument("--max-seconds", type=float, help="stop after this long")
+    p.add_argument("--max-seconds", type=float, help="stop after showing the preview this long")
     _add_render_arguments(p)
     _add_tracking_arguments(p)
     p.set_defaults(func=cmd_webcam)

@@ -15,8 +15,11 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from puppet.compose import flatten_rgba, side_by_side
+from puppet.compose import side_by_side
+import numpy as np
+
 from puppet.interrupt import stop_on_interrupt
+from puppet.params import ParamSequence, make_header, save_params
 from puppet.paths import VIDEO_SUFFIXES, check_output_path, refuse_overwriting_input
 from puppet.pipeline import Packet, Pipeline, PipelineOptions, PipelineStats
 from puppet.retarget import RetargetOptions, Retargeter
@@ -36,13 +39,13 @@ class RenderOptions:
     avatar: a built-in avatar name or an avatar JSON file.
     engine: "mesh" (the embedded default).
     size: output side in pixels (square avatar image).
-    background: RGB the avatar is composited over.
+    background: RGB in [0, 1] the engine composites the avatar over.
     """
 
     avatar: str = DEFAULT_AVATAR
     engine: str = "mesh"
     size: int = 512
-    background: tuple[int, int, int] = (46, 52, 64)
+    background: tuple[float, float, float] = (0.34, 0.40, 0.47)
     engine_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -50,7 +53,9 @@ class RenderOptions:
             raise ValueError(f"size must be between 64 and 2048, got {self.size}")
 
     def create_engine_options(self) -> dict[str, Any]:
-        return {"size": self.size, **self.engine_options}
+        return {"size": self.size, "background": (*self.background, 1.0), **self.engine_options}
+
+
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class ConvertJob:
     retarget: RetargetOptions = field(default_factory=RetargetOptions)
     max_frames: int | None = None
     progress: bool = True
+    params_output: Path | None = None  # also save the tracked (driver) parameters here (.npz)
 
 
 @dataclass(frozen=True)
@@ -78,15 +84,16 @@ class ConvertSummary:
 
 
 class VideoSink:
-    """Writes avatar frames (optionally beside the driver) with the input's timestamps."""
+    """Writes avatar frames (optionally beside the driver) with the input's timestamps, and keeps
+    the tracked parameters when asked to."""
 
-    def __init__(self, writer, background: tuple[int, int, int], with_driver: bool,
-                 total: int | None, progress: bool) -> None:
+    def __init__(self, writer, with_driver: bool, total: int | None, progress: bool, keep_params: bool) -> None:
         self._writer = writer
-        self._background = background
         self._with_driver = with_driver
         self._total = total
         self._progress = progress
+        self._keep_params = keep_params
+        self.params: list = []
 
     def open(self) -> None:
         from tqdm import tqdm
@@ -95,10 +102,12 @@ class VideoSink:
                          disable=None if self._progress else True, dynamic_ncols=True)
 
     def write(self, packet: Packet) -> bool:
-        image = flatten_rgba(packet.rendered, self._background)
+        image = packet.rendered[..., :3]  # the engine composited the avatar over its background
+        if self._keep_params:
+            self.params.append(packet.tracked.params)
         if self._with_driver:
             image = side_by_side(packet.frame.image, image)
-        self._writer.write(image, packet.t)
+        self._writer.write(np.ascontiguousarray(image), packet.t)
         self._bar.update(1)
         return True
 
@@ -120,6 +129,7 @@ def convert(job: ConvertJob) -> ConvertSummary:
     from puppet.video_writer import VideoWriter
 
     output = check_output_path(job.output, VIDEO_SUFFIXES)
+    params_output = check_output_path(job.params_output, (".npz",)) if job.params_output else None
     avatar = load_avatar(job.render.avatar)
     source = open_source(job.input)
     with source:
@@ -135,8 +145,12 @@ def convert(job: ConvertJob) -> ConvertSummary:
             RetargetStage(job.retarget),
             RenderStage(job.render.engine, job.render.create_engine_options(), avatar),
         ]
-        sink = VideoSink(writer, job.render.background, job.side_by_side, total, job.progress)
+        sink = VideoSink(writer, job.side_by_side, total, job.progress, keep_params=params_output is not None)
         stats = Pipeline(frames, stages, sink, PipelineOptions(live=False)).run()
+        if params_output is not None:
+            header = make_header(source.fps, source.description,
+                                 {"mode": job.tracking.mode, "frames": len(sink.params), "interrupted": stats.interrupted})
+            save_params(params_output, ParamSequence.from_frames(sink.params, header))
     return ConvertSummary(input=source.description, output=output, frames=stats.frames_out, stats=stats)
 
 
@@ -188,7 +202,7 @@ def render_params(job: RenderJob) -> RenderSummary:
             if stop.is_set():
                 break
             image = engine.render(baked, retargeter.process(params)).image
-            writer.write(flatten_rgba(image, job.render.background), params.t)
+            writer.write(np.ascontiguousarray(image[..., :3]), params.t)
             frames += 1
     return RenderSummary(params=job.params, output=output, frames=frames,
                          seconds=time.perf_counter() - start, interrupted=stop.interrupted)

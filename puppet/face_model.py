@@ -60,12 +60,19 @@ class HeadMesh:
         return self.rest + np.tensordot(np.asarray(expression, dtype=np.float64), self.expression_basis, axes=1)
 
 
-@lru_cache(maxsize=1)
-def _head_model():
+def import_anny():
+    """anny, imported with warp's start-up banner and its "no CUDA driver" warning silenced."""
     import warp
 
-    warp.config.quiet = True  # anny initialises warp, which otherwise prints a banner
+    warp.config.log_level = warp.LOG_ERROR
     import anny
+
+    return anny
+
+
+@lru_cache(maxsize=1)
+def _head_model():
+    anny = import_anny()
     import torch  # noqa: F401  (anny is a torch module)
 
     with warnings.catch_warnings():

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -179,11 +181,13 @@ def load_params(path: str | os.PathLike) -> ParamSequence:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no such parameter file: {path}")
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"not a puppet parameter file: {path} (not an .npz archive, or truncated)")
     try:
         with np.load(path, allow_pickle=False) as data:
             header = json.loads(bytes(data["header"]).decode())
             arrays = {n: data[n] for n in FIELD_NAMES}
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise InputError(f"not a puppet parameter file: {path} ({exc})") from None
     if header.get("format") != FORMAT_NAME:
         raise InputError(f"not a puppet parameter file: {path}")
@@ -195,3 +199,13 @@ def load_params(path: str | os.PathLike) -> ParamSequence:
         return ParamSequence(arrays=arrays, header=header)
     except ValueError as exc:
         raise InputError(f"corrupt parameter file {path}: {exc}") from None
+
+
+def head_rotation(pose: np.ndarray) -> np.ndarray:
+    """The head's rotation relative to the torso, neck then head. ``(..., 6, 3) -> (..., 3, 3)``."""
+    from puppet.contract import SmplJoint, pose_row
+    from puppet.rotations import axis_angle_to_matrix
+
+    pose = np.asarray(pose, dtype=np.float64)
+    return (axis_angle_to_matrix(pose[..., pose_row(SmplJoint.NECK), :])
+            @ axis_angle_to_matrix(pose[..., pose_row(SmplJoint.HEAD), :]))

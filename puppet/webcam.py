@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from puppet.compose import flatten_rgba, side_by_side
+from puppet.compose import side_by_side
 from puppet.convert import RenderOptions
 from puppet.errors import PuppetError
 from puppet.pipeline import Packet, Pipeline, PipelineOptions, PipelineStats
@@ -55,13 +55,13 @@ class WindowSink:
     """Shows driver | avatar with fps, latency and drops; turns keys into requests."""
 
     def __init__(self, avatars: list, current: int, retarget: RetargetStage, render: RenderStage,
-                 background: tuple[int, int, int], deadline: float | None) -> None:
+                 max_seconds: float | None) -> None:
         self._avatars = avatars
         self._current = current
         self._retarget = retarget
         self._render = render
-        self._background = background
-        self._deadline = deadline
+        self._max_seconds = max_seconds
+        self._deadline: float | None = None  # max_seconds after the first frame shown (not model loading)
         self._overlay = True
         self._times: collections.deque = collections.deque(maxlen=30)
         self._latencies: collections.deque = collections.deque(maxlen=30)
@@ -81,6 +81,8 @@ class WindowSink:
         import cv2
 
         now = time.perf_counter()
+        if self._deadline is None and self._max_seconds is not None:
+            self._deadline = now + self._max_seconds
         self._times.append(now)
         self._latencies.append(1e3 * (now - packet.captured))
         driver = packet.frame.image
@@ -88,7 +90,7 @@ class WindowSink:
             from puppet.overlay import draw_overlay
 
             driver = draw_overlay(driver, packet.tracked)
-        view = side_by_side(driver, flatten_rgba(packet.rendered, self._background))
+        view = side_by_side(driver, packet.rendered[..., :3])
         fps = (len(self._times) - 1) / (self._times[-1] - self._times[0]) if len(self._times) > 1 else 0.0
         text = (f"{fps:4.1f} fps  latency {np.median(self._latencies):4.0f} ms  "
                 f"avatar {self._avatars[self._current].name}  [c]alibrate [n]ext [p]rev [o]verlay [q]uit")
@@ -132,7 +134,6 @@ def run_webcam(job: WebcamJob) -> PipelineStats:
     with source:
         retarget = RetargetStage(job.retarget)
         render = RenderStage(job.render.engine, job.render.create_engine_options(), avatar)
-        deadline = None if job.max_seconds is None else time.perf_counter() + job.max_seconds
-        sink = WindowSink(avatars, current, retarget, render, job.render.background, deadline)
+        sink = WindowSink(avatars, current, retarget, render, job.max_seconds)
         return Pipeline(source, [TrackStage(job.tracking), retarget, render], sink,
                         PipelineOptions(live=True)).run()

@@ -21,8 +21,9 @@ import numpy as np
 
 from puppet.bench import machine_info
 from puppet.cli import _quiet_native_logs
-from puppet.contract import Blendshape, SmplJoint, pose_row
-from puppet.rotations import axis_angle_to_matrix, matrix_to_quat, quat_angle_between
+from puppet.contract import Blendshape
+from puppet.params import head_rotation
+from puppet.rotations import matrix_to_quat, quat_angle_between
 from puppet.smoothing_metrics import jitter_rms, rotation_jitter_rms, rotation_lag_frames
 from puppet.sources import VideoFileSource
 from puppet.tracking import Tracker, TrackingOptions
@@ -33,9 +34,8 @@ MAIN_EXPRESSIONS = (Blendshape.jawOpen, Blendshape.mouthSmileLeft, Blendshape.mo
 
 
 def head_quats(pose: np.ndarray) -> np.ndarray:
-    """T x 6 x 3 -> T x 4: the head relative to the torso (neck then head)."""
-    r = axis_angle_to_matrix(pose[:, pose_row(SmplJoint.NECK)]) @ axis_angle_to_matrix(pose[:, pose_row(SmplJoint.HEAD)])
-    return matrix_to_quat(r)
+    """T x 6 x 3 -> T x 4: the head relative to the torso."""
+    return matrix_to_quat(head_rotation(pose))
 
 
 def still_runs(quats: np.ndarray, mouth: np.ndarray, fps: float, still_deg_s: float, min_run: int) -> list[slice]:

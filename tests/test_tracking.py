@@ -5,8 +5,9 @@ import itertools
 import numpy as np
 import pytest
 
-from puppet.contract import Blendshape, SmplJoint, pose_row
-from puppet.rotations import axis_angle_to_matrix, yaw_pitch_roll
+from puppet.contract import Blendshape
+from puppet.params import head_rotation
+from puppet.rotations import yaw_pitch_roll
 from puppet.sources import VideoFileSource
 from puppet.tracking import Tracker, TrackingOptions
 
@@ -17,8 +18,7 @@ def _track(path, options, n):
 
 
 def head_angles(pose):
-    r = axis_angle_to_matrix(pose[:, pose_row(SmplJoint.NECK)]) @ axis_angle_to_matrix(pose[:, pose_row(SmplJoint.HEAD)])
-    return yaw_pitch_roll(r)
+    return yaw_pitch_roll(head_rotation(pose))
 
 
 def test_full_tracking_on_upper_body_footage(body_video):
