@@ -8,8 +8,10 @@ Two modes:
 
 A ``Packet`` carries the frame's capture timestamp ``t`` (media time) and the wall-clock moment
 it left the source, so the sink can measure capture-to-sink latency. Each stage opens its resources
-on its own thread (OpenGL contexts and MediaPipe graphs belong to the thread that uses them). The
-sink runs on the calling thread (GUI toolkits want the main thread).
+on its own thread (OpenGL contexts and MediaPipe graphs belong to the thread that uses them); the
+source starts reading only once every stage is open, so a live source does not drop its first
+seconds (or a whole clip played in real time) while models load. The sink runs on the calling
+thread (GUI toolkits want the main thread).
 """
 
 from __future__ import annotations
@@ -134,10 +136,14 @@ class _Latest:
         with self._cond:
             if self._full and self._item is _END:
                 return
-            if self._full:
+            if item is _END:
+                # The end of the stream waits for the last frame to be read rather than replacing it.
+                while self._full and not self._stop.is_set():
+                    self._cond.wait(timeout=0.05)
+            elif self._full:
                 self.dropped += 1
             self._item, self._full = item, True
-            self._cond.notify()
+            self._cond.notify_all()
 
     def get(self) -> Any:
         with self._cond:
@@ -146,6 +152,7 @@ class _Latest:
                     return _END
                 self._cond.wait(timeout=0.05)
             item, self._item, self._full = self._item, None, False
+            self._cond.notify_all()
             return item
 
 
@@ -169,7 +176,8 @@ class Percentiles:
 class PipelineStats:
     """frames_in: produced by the source; frames_out: written by the sink; dropped: per mailbox
     (live mode: replaced before a stage read them); stage_ms: per stage; latency_ms: capture to
-    sink-done; fps: frames_out over the run's wall time."""
+    sink-done; seconds: the run's wall time (model loading included); streaming_s: from the first
+    frame written to the last, which ``fps`` is measured over."""
 
     frames_in: int
     frames_out: int
@@ -178,17 +186,18 @@ class PipelineStats:
     latency_ms: Percentiles
     seconds: float
     interrupted: bool
+    streaming_s: float = 0.0
 
     @property
     def fps(self) -> float:
-        return self.frames_out / self.seconds if self.seconds > 0 else 0.0
+        return (self.frames_out - 1) / self.streaming_s if self.frames_out > 1 and self.streaming_s > 0 else 0.0
 
     def describe(self) -> str:
         stages = ", ".join(f"{k} {v.p50:.1f}" for k, v in self.stage_ms.items())
         drops = sum(self.dropped.values())
-        return (f"{self.frames_out} frames in {self.seconds:.1f} s ({self.fps:.1f} fps); "
+        return (f"{self.frames_out} frames in {self.streaming_s:.1f} s ({self.fps:.1f} fps); "
                 f"latency p50 {self.latency_ms.p50:.0f} ms, p95 {self.latency_ms.p95:.0f} ms; "
-                f"dropped {drops}; stage ms p50: {stages}")
+                f"dropped {drops}; start-up {self.seconds - self.streaming_s:.1f} s; stage ms p50: {stages}")
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -214,6 +223,7 @@ class Pipeline:
         self._timings: dict[str, list[float]] = {s.name: [] for s in stages}
         self._frames_in = 0
         self._lock = threading.Lock()
+        self._opened = [threading.Event() for _ in stages]  # set once a stage's open() returned
 
     def stop(self) -> None:
         self._stop.set()
@@ -225,9 +235,11 @@ class Pipeline:
         names = ["source"] + [s.name for s in self.stages]
         threads = [threading.Thread(target=self._produce, args=(boxes[0],), name="source", daemon=True)]
         for i, stage in enumerate(self.stages):
-            threads.append(threading.Thread(target=self._work, args=(stage, boxes[i], boxes[i + 1]),
+            threads.append(threading.Thread(target=self._work,
+                                            args=(stage, boxes[i], boxes[i + 1], self._opened[i]),
                                             name=f"stage-{stage.name}", daemon=True))
         latencies: list[float] = []
+        written: list[float] = []  # perf_counter of the first and the last write
         interrupted = False
         start = time.perf_counter()
         self.sink.open()
@@ -235,7 +247,7 @@ class Pipeline:
             with stop_on_interrupt(self._stop) as stop:
                 for t in threads:
                     t.start()
-                self._drain(boxes[-1], latencies)
+                self._drain(boxes[-1], latencies, written)
             interrupted = stop.interrupted
         except KeyboardInterrupt:  # a second Ctrl-C, or SIGINT owned by someone else
             interrupted = True
@@ -256,9 +268,10 @@ class Pipeline:
             latency_ms=Percentiles.of(latencies),
             seconds=seconds,
             interrupted=interrupted,
+            streaming_s=written[-1] - written[0] if written else 0.0,
         )
 
-    def _drain(self, inbox, latencies: list[float]) -> None:
+    def _drain(self, inbox, latencies: list[float], written: list[float]) -> None:
         """The sink's loop. After a stop request, packets already waiting for the sink are still
         written; the sink is then closed by ``run`` (a video file stays playable)."""
         while True:
@@ -266,7 +279,12 @@ class Pipeline:
             if packet is _END:
                 return
             keep_going = self.sink.write(packet)
-            latencies.append(1e3 * (time.perf_counter() - packet.captured))
+            now = time.perf_counter()
+            latencies.append(1e3 * (now - packet.captured))
+            if written:
+                written[1] = now
+            else:
+                written.extend([now, now])
             if not keep_going:
                 self._stop.set()
                 return
@@ -275,6 +293,10 @@ class Pipeline:
 
     def _produce(self, out) -> None:
         try:
+            for opened in self._opened:  # frames read before the stages are open would be dropped
+                while not opened.wait(timeout=0.05):
+                    if self._stop.is_set():
+                        return
             for frame in self.source:
                 if self._stop.is_set():
                     break
@@ -286,13 +308,15 @@ class Pipeline:
         finally:
             out.put(_END)
 
-    def _work(self, stage: Stage, inbox, out) -> None:
+    def _work(self, stage: Stage, inbox, out, opened: threading.Event) -> None:
         try:
             stage.open()
         except BaseException as exc:
             self._fail(exc)
             out.put(_END)
             return
+        finally:
+            opened.set()
         try:
             while True:
                 packet = inbox.get()

