@@ -44,6 +44,18 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+class _Report:
+    """What every benchmark report offers besides its table: JSON next to the numbers."""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_json(), indent=2))
+        return path
+
+
 @dataclass(frozen=True)
 class StageStats:
     p50: float
@@ -59,7 +71,7 @@ class StageStats:
 
 
 @dataclass(frozen=True)
-class TrackBenchReport:
+class TrackBenchReport(_Report):
     """Per-stage timings of the tracking stage on one input.
 
     ``tracking`` is the wall time of the whole stage per frame (face + body + solve + smooth; face
@@ -90,13 +102,6 @@ class TrackBenchReport:
                      f"end to end (decode + tracking): {self.fps:.1f} fps")
         return "\n".join(lines)
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_json(), indent=2))
-        return path
 
 
 def bench_track(input: str, options: TrackingOptions = TrackingOptions(), frames: int | None = 300,
@@ -153,3 +158,65 @@ def bench_track(input: str, options: TrackingOptions = TrackingOptions(), frames
             stages_ms=stages,
             fps=measured / elapsed if elapsed > 0 else 0.0,
         )
+
+
+@dataclass(frozen=True)
+class RenderBenchReport(_Report):
+    """Per-frame render time of an engine after baking: ``total`` is the whole ``render`` call;
+    the other stages are the engine's own breakdown when it reports one."""
+
+    engine: str
+    engine_info: dict[str, Any]
+    avatar: str
+    size: int
+    frames: int
+    warmup: int
+    bake_s: float
+    stages_ms: dict[str, StageStats]
+    machine: dict[str, Any] = field(default_factory=machine_info)
+
+    @property
+    def fps(self) -> float:
+        return 1e3 / self.stages_ms["total"].mean
+
+    def table(self) -> str:
+        lines = [f"puppet bench render: engine {self.engine} ({self.engine_info.get('backend')}, "
+                 f"{self.engine_info.get('device')}), avatar {self.avatar}, {self.size}x{self.size}, "
+                 f"{self.frames} frames after {self.warmup} warm-up; bake {self.bake_s:.1f} s",
+                 f"machine: {self.machine['cpu']}, {self.machine['cores']} cores",
+                 f"{'stage':<10} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8}"]
+        for name, s in self.stages_ms.items():
+            lines.append(f"{name:<10} {s.p50:>8.2f} {s.p95:>8.2f} {s.mean:>8.2f}")
+        lines.append(f"render: {self.fps:.1f} fps")
+        return "\n".join(lines)
+
+
+
+def bench_render(engine_name: str = "mesh", avatar: str = "ada", size: int = 512, frames: int = 200,
+                 warmup: int = 10) -> RenderBenchReport:
+    """Render a moving performance (``puppet.synthetic.random_avatar_performance``) after baking."""
+    import engines
+    from puppet.avatar import load_avatar
+    from puppet.synthetic import random_avatar_performance
+
+    perf = random_avatar_performance(seconds=(frames + warmup) / 30.0 + 1.0, neutral_s=0.0)
+    samples: dict[str, list[float]] = {"total": []}
+    with engines.create(engine_name, size=size) as engine:
+        start = time.perf_counter()
+        baked = engine.bake(load_avatar(avatar))
+        bake_s = time.perf_counter() - start
+        for i in range(frames + warmup):
+            t0 = time.perf_counter()
+            engine.render(baked, perf.params(i))
+            ms = 1e3 * (time.perf_counter() - t0)
+            timing = getattr(engine, "last_timing", None)
+            if i < warmup:
+                continue
+            samples["total"].append(ms)
+            if timing is not None:
+                for name, value in dataclasses.asdict(timing).items():
+                    samples.setdefault(name.removesuffix("_ms"), []).append(value)
+        info = dataclasses.asdict(engine.info())
+    return RenderBenchReport(engine=engine_name, engine_info=info, avatar=avatar, size=size, frames=frames,
+                             warmup=warmup, bake_s=bake_s,
+                             stages_ms={k: StageStats.of(v) for k, v in samples.items()})

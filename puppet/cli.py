@@ -156,15 +156,25 @@ def cmd_avatars(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_report(report, json_path: Path | None) -> int:
+    print(report.table())
+    if json_path:
+        print(f"JSON: {report.save(json_path)}")
+    return 0
+
+
+def cmd_bench_render(args: argparse.Namespace) -> int:
+    from puppet.bench import bench_render
+
+    return _print_report(bench_render(args.engine, avatar=args.avatar or "ada", size=args.size,
+                                      frames=args.frames, warmup=args.warmup), args.json)
+
+
 def cmd_bench_track(args: argparse.Namespace) -> int:
     from puppet.bench import bench_track
 
-    report = bench_track(args.input, _tracking_options(args), frames=args.frames, warmup=args.warmup,
-                         progress=not args.no_progress)
-    print(report.table())
-    if args.json:
-        print(f"JSON: {report.save(args.json)}")
-    return 0
+    return _print_report(bench_track(args.input, _tracking_options(args), frames=args.frames, warmup=args.warmup,
+                                     progress=not args.no_progress), args.json)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -227,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true")
     _add_tracking_arguments(b)
     b.set_defaults(func=cmd_bench_track)
+    b = bench_sub.add_parser("render", help="engine render time per frame after baking (ms p50/p95, fps)")
+    b.add_argument("--engine", choices=("mesh",), default="mesh")
+    b.add_argument("--avatar", default=None)
+    b.add_argument("--size", type=_count(16), default=512)
+    b.add_argument("--frames", type=_count(1), default=200)
+    b.add_argument("--warmup", type=_count(0), default=10)
+    b.add_argument("--json", type=Path, help="also save the report as JSON")
+    b.set_defaults(func=cmd_bench_render)
     return parser
 
 

@@ -41,6 +41,25 @@ class Run:
     err: str
 
 
+
+def interrupt_once_written(command: list[str], watched: Path, timeout: float):
+    """Start ``command``, send SIGINT once ``watched`` has data on disk (a fragmented MP4's first
+    fragment lands after one GOP, so frames are done), and return (process, stdout, stderr)."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not (watched.exists() and watched.stat().st_size > 0):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, f"nothing written to {watched} after {timeout:.0f} s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc, out, err
+
 def run_main(argv: list[str]) -> Run:
     """``main(argv)`` in this process, with stdout and stderr captured."""
     out, err = io.StringIO(), io.StringIO()
@@ -298,21 +317,8 @@ def test_ctrl_c_keeps_what_was_tracked(tmp_path: Path, media_dir: Path) -> None:
     video = media_dir / "video" / "lp_d6.mp4"
     total = 1008
     output, overlay = tmp_path / "p.npz", tmp_path / "o.mp4"
-    proc = subprocess.Popen([*PUPPET, "track", str(video), "-o", str(output), "--overlay", str(overlay),
-                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        # The overlay's first fragment reaches the disk after one GOP (1 s of video): frames are done.
-        deadline = time.monotonic() + 60
-        while not (overlay.exists() and overlay.stat().st_size > 0):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no overlay fragment after 60 s"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc, out, err = interrupt_once_written(
+        [*PUPPET, "track", str(video), "-o", str(output), "--overlay", str(overlay), "--no-progress"], overlay, 60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     seq = load_params(output)

@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +23,8 @@ from puppet.avatar import list_avatars, random_avatar, save_avatar
 from puppet.contract import NUM_EXPRESSIONS, NUM_POSE_JOINTS, Blendshape
 from puppet.params import DriverParams, ParamSequence, make_header, save_params
 from puppet.sources import VideoFileSource
-from test_cli import (PUPPET, Run, assert_one_error_line, audio_end, run_main, run_puppet, source_times,
-                      video_times)
+from test_cli import (PUPPET, Run, assert_one_error_line, audio_end, interrupt_once_written, run_main,
+                      run_puppet, source_times, video_times)
 
 CLIP_FRAMES = 40
 SIZE = 256
@@ -196,21 +194,7 @@ def test_ctrl_c_leaves_a_playable_video(media_dir: Path, tmp_path: Path) -> None
     video = media_dir / "video" / "lp_d6.mp4"
     total = 1008
     output = tmp_path / "out.mp4"
-    proc = subprocess.Popen([*PUPPET, *convert_args(video, output, "--size", "128")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        # The first fragment reaches the disk after one GOP (1 s of video): frames are done.
-        deadline = time.monotonic() + 90
-        while not (output.exists() and output.stat().st_size > 0):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no video fragment after 90 s"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc, out, err = interrupt_once_written([*PUPPET, *convert_args(video, output, "--size", "128")], output, 90)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     match = re.search(r"interrupted after (\d+) frames", out)
