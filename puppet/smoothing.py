@@ -249,6 +249,10 @@ class OutlierGate:
         jump = self.distance(x, self._ref)
         finite = np.isfinite(jump)
         suspect = finite & ~(jump <= allowance)
+        if not suspect.any():  # the common case: what the general path below gives, for less
+            self._count = np.zeros(suspect.shape, int)
+            self._ref = np.where(_expand(finite, x), x, self._ref)
+            return finite, suspect
         consistent = (self._count > 0) & (self.distance(x, self._candidate) <= allowance)
         self._count = np.where(suspect, np.where(consistent, self._count + 1, 1), 0)
         self._candidate = np.where(_expand(suspect, x), x, self._candidate)
@@ -307,6 +311,10 @@ class _GatedOneEuro:
         self._t_last = t
         accepted, persisted = self._gate.check(x, t)
         dt = np.maximum(t - self._t_accepted, 1e-9)  # > 0 since t > every accepted time
+        if accepted.all() and not persisted.any():  # the common case, as the general path below
+            self._value, self._speed = self._step(x, dt)
+            self._t_accepted = np.full(self._t_accepted.shape, t)
+            return self._value.copy()
         value, speed = self._step(np.where(_expand(accepted, x), x, self._value), dt)
         keep_value, keep_speed = _expand(accepted, value), _expand(accepted, speed)
         self._value = np.where(keep_value, value, self._value)
@@ -403,9 +411,9 @@ class TrackedChannel:
         self._fade_from: np.ndarray | None = None
         self._t_fade_start = 0.0
 
-    def update(self, value: np.ndarray, t: float, ok: bool) -> np.ndarray:
-        """Feed this frame's raw ``value`` (ignored when not ``ok``) at time ``t``; return the
-        smoothed value to show."""
+    def update(self, value: np.ndarray | None, t: float, ok: bool) -> np.ndarray:
+        """Feed this frame's raw ``value`` (ignored when not ``ok``, may then be None) at time
+        ``t``; return the smoothed value to show."""
         t = float(t)
         if self._t_last is not None and not t > self._t_last:
             return self._output.copy()
@@ -487,11 +495,14 @@ class ParamSmoother:
         pose = np.asarray(params.pose, dtype=np.float64)
         if pose.shape != (NUM_POSE_JOINTS, 3):
             raise ValueError(f"pose must be ({NUM_POSE_JOINTS}, 3), got {pose.shape}")
-        quats = axis_angle_to_quat(pose)
         t, face, body = params.t, params.face_ok, params.body_ok
         out_pose = np.zeros((NUM_POSE_JOINTS, 3))
-        out_pose[list(FACE_POSE_ROWS)] = quat_to_axis_angle(self._head.update(quats[list(FACE_POSE_ROWS)], t, face))
-        out_pose[list(BODY_POSE_ROWS)] = quat_to_axis_angle(self._body.update(quats[list(BODY_POSE_ROWS)], t, body))
+        # Rows are converted only for a channel that reads them (an untracked one ignores its value).
+        head_rows, body_rows = list(FACE_POSE_ROWS), list(BODY_POSE_ROWS)
+        head_in = axis_angle_to_quat(pose[head_rows]) if face else None
+        body_in = axis_angle_to_quat(pose[body_rows]) if body else None
+        out_pose[head_rows] = quat_to_axis_angle(self._head.update(head_in, t, face))
+        out_pose[body_rows] = quat_to_axis_angle(self._body.update(body_in, t, body))
         return params.replace(
             expression=np.clip(self._expression.update(params.expression, t, face), 0.0, 1.0),
             pose=out_pose,

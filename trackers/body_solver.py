@@ -340,6 +340,11 @@ class BodySolver:
     def __init__(self, options: BodySolverOptions | None = None) -> None:
         self.options = options or BodySolverOptions()
         self._sides = (_Side.build(self.options.skeleton, True), _Side.build(self.options.skeleton, False))
+        # The untracked body (face-only mode, or shoulders not visible) is constant but for neck
+        # and head: its pose rows, camera and torso are computed once.
+        rest = self._solution(self.rest_pose(None), np.eye(3), False, (False, False), "rest")
+        self._rest_pose_aa, self._rest_camera, self._rest_torso = rest.pose, rest.camera, rest.torso
+        self._head_rows = [pose_row(SmplJoint.NECK), pose_row(SmplJoint.HEAD)]
 
     def rest_pose(self, r_rel_head: np.ndarray | None = None) -> np.ndarray:
         """Rotations (6, 3, 3) in contract order: collars at rest, rest arms, neck/head split from
@@ -382,8 +387,7 @@ class BodySolver:
         if not ok:
             if body is not None:
                 log.debug("shoulders not visible enough: torso, collars and arms at rest")
-            mats = self.rest_pose(head_rotation)  # torso = identity: relative = absolute
-            return self._solution(mats, np.eye(3), False, (False, False), head_source)
+            return self._rest_solution(head_rotation, head_source)  # torso = identity: relative = absolute
 
         r_torso, collars = self._torso_and_collars(points)
         mats = self.rest_pose(None if head_rotation is None else r_torso.T @ head_rotation)
@@ -438,6 +442,16 @@ class BodySolver:
         left, right = (rotation_between(side.collar_bone, local(r_torso, origin, side, seen))
                        for side, seen in zip(self._sides, observed))
         return r_torso, (left, right)
+
+    def _rest_solution(self, r_head: np.ndarray | None, head_source: HeadSource) -> BodySolution:
+        """``_solution(rest_pose(r_head), I, False, ...)`` from the cached rest rows: only the
+        neck/head split is computed."""
+        pose = self._rest_pose_aa.copy()
+        if r_head is not None:
+            neck, head = split_neck_head(r_head, self.options.neck_share)
+            pose[self._head_rows] = matrix_to_axis_angle(np.stack([neck, head]))
+        return BodySolution(pose=pose, camera=self._rest_camera.copy(), torso=self._rest_torso.copy(), ok=False,
+                            arms_tracked=(False, False), head_source=head_source)
 
     @staticmethod
     def _solution(mats: np.ndarray, r_torso: np.ndarray, ok: bool, tracked: tuple[bool, bool],

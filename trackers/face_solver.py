@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from scipy.linalg.lapack import dposv as _dposv
 
 from puppet.contract import ARKIT_NAMES, NUM_EXPRESSIONS, Blendshape
 from puppet.errors import AssetError
@@ -90,8 +91,6 @@ OPPOSITE_PAIRS: tuple[tuple[Blendshape, Blendshape], ...] = (
     (B.mouthRollLower, B.mouthShrugLower),
     (B.mouthRollUpper, B.mouthShrugUpper),
 )
-_PAIR_A = np.array([a for a, _ in OPPOSITE_PAIRS])
-_PAIR_B = np.array([b for _, b in OPPOSITE_PAIRS])
 
 # Regional decomposition: each faceunit may only explain the landmarks of its own region.
 REGION_UNITS: dict[str, tuple[Blendshape, ...]] = {
@@ -222,37 +221,47 @@ def box_qp(hessian: np.ndarray, gradient: np.ndarray, lower: np.ndarray, upper: 
     x = np.clip(start, lower, upper)
     at_lower = x <= lower
     at_upper = (x >= upper) & ~at_lower
+    movable = lower < upper
     tol = 1e-10 * max(float(np.abs(gradient).max()), 1e-30)
+    # Invariant: x sits exactly on its bound wherever a bound is active.
     for _ in range(max_iterations):
-        free = ~(at_lower | at_upper)
-        target = np.where(at_lower, lower, np.where(at_upper, upper, x))
-        idx = np.flatnonzero(free)
+        idx = np.flatnonzero(~(at_lower | at_upper))
         if len(idx):
-            rows = hessian[idx]
-            rhs = gradient[idx] - rows @ np.where(free, 0.0, target)
-            target[idx] = np.linalg.solve(rows[:, idx], rhs)
-        step = target - x
-        below = free & (target < lower)
-        above = free & (target > upper)
-        if below.any() or above.any():
-            # Walk from the feasible x towards target until the first bound is met.
-            ratio = np.full(len(x), np.inf)
-            ratio[below] = (lower[below] - x[below]) / step[below]
-            ratio[above] = (upper[above] - x[above]) / step[above]
-            j = int(np.argmin(ratio))
-            x = x + max(float(ratio[j]), 0.0) * step
-            x[j] = lower[j] if below[j] else upper[j]
-            at_lower[j], at_upper[j] = below[j], above[j]
-            continue
-        x = target
+            held = x.copy()
+            held[idx] = 0.0
+            free_x = _solve_spd(hessian[idx][:, idx], gradient[idx] - (hessian @ held)[idx])
+            lo, hi = lower[idx], upper[idx]
+            below, above = free_x < lo, free_x > hi
+            if below.any() or above.any():
+                # Walk from the feasible x towards the free solution until the first bound is met.
+                now = x[idx]
+                step = free_x - now
+                ratio = np.full(len(idx), np.inf)
+                ratio[below] = (lo[below] - now[below]) / step[below]
+                ratio[above] = (hi[above] - now[above]) / step[above]
+                k = int(np.argmin(ratio))
+                x[idx] = now + max(float(ratio[k]), 0.0) * step
+                j = idx[k]
+                x[j] = lower[j] if below[k] else upper[j]
+                at_lower[j], at_upper[j] = below[k], above[k]
+                continue
+            x = held
+            x[idx] = free_x
         residual = hessian @ x - gradient  # the multipliers of the active bounds
-        wrong = np.where(at_lower & (lower < upper), -residual, 0.0) + np.where(at_upper, residual, 0.0)
+        wrong = np.where(at_lower & movable, -residual, np.where(at_upper, residual, 0.0))
         j = int(np.argmax(wrong))
         if wrong[j] <= tol:
             return x
         at_lower[j] = at_upper[j] = False
     log.debug("box_qp: no convergence in %d iterations", max_iterations)
     return x
+
+
+def _solve_spd(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """``matrix @ x = rhs`` for a symmetric positive definite ``matrix`` (Cholesky, LAPACK's
+    dposv: a third of the call overhead of ``np.linalg.solve``); LU where Cholesky fails."""
+    _, x, info = _dposv(matrix, rhs)
+    return x if info == 0 else np.linalg.solve(matrix, rhs)
 
 
 def region_landmarks(neutral: np.ndarray) -> dict[str, np.ndarray]:
@@ -421,6 +430,20 @@ class FaceSolution:
     source: str = "builtin"
 
 
+@dataclass(frozen=True)
+class _QPBlock:
+    """One independent block of the expression QP: its unknowns (indices into the columns), the
+    9 metric-pair Hessian blocks flattened (9 x n*n), ridge, bounds and local opposite pairs."""
+
+    index: np.ndarray
+    blocks: np.ndarray
+    ridge: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    pair_a: np.ndarray
+    pair_b: np.ndarray
+
+
 @dataclass
 class FaceSolver:
     """Stateful: keeps the driver's identity, an optional calibrated neutral and a warm start."""
@@ -473,7 +496,62 @@ class FaceSolver:
         self._upper[list(UNOBSERVABLE)] = 0.0
         self.observability = self._self_calibration()
         self._output_gain = opt.gain / np.maximum(self.observability, 1.0 / MAX_UNIT_GAIN)
+        self._precompute_per_frame_constants()
         self.reset()
+
+    def _precompute_per_frame_constants(self) -> None:
+        """What ``solve`` reuses every frame: flattened bases, the model restricted to the rigid
+        points (the only ones the pose and identity fits weigh), anchor tables, and the independent
+        blocks of the expression QP."""
+        n, k = len(self._cols), self._k
+        rigid = np.array(fl.RIGID)
+        self._rigid = rigid
+        self._rigid_weight = self._pose_weight[rigid]
+        self._rest_rigid = self._rest[rigid]
+        self._cols_raw_rigid = self._cols_raw[:, rigid].reshape(n, -1)
+        self._cols_rigid = self._cols[:, rigid].reshape(n, -1)
+        self._identity_rigid = self.basis.identity[:, rigid].reshape(k, -1)
+        self._identity_cols_rigid = self._identity_cols[:, rigid].reshape(k, -1)
+        self._identity_cols_flat = self._identity_cols.reshape(k, -1)
+        self._identity_blocks_flat = self._identity_blocks.reshape(9, k * k)
+        self._identity_prior_diag = np.diag(self._identity_prior)
+        self._landmark_weight = self.basis.weight[:, None]
+        self._depth_scale = np.array([1.0, 1.0, self.options.depth_weight])
+        # anchor_fields as a gather / subtract: anchors never lie in an anchored region.
+        names = list(ANCHORS)
+        self._anchor_idx = np.concatenate([np.array(ANCHORS[name]) for name in names])
+        self._anchor_starts = np.cumsum([0] + [len(ANCHORS[name]) for name in names[:-1]])
+        self._anchor_counts = np.array([float(len(ANCHORS[name])) for name in names])[:, None]
+        self._anchored_rows = np.concatenate([self._regions[name] for name in names])
+        self._anchored_owner = np.concatenate([np.full(len(self._regions[name]), i) for i, name in enumerate(names)])
+        assert not np.isin(self._anchor_idx, self._anchored_rows).any()
+        # The expression Hessian is block diagonal (regions share no landmark): each block is an
+        # independent QP with its own opposite pairs, solved (and re-solved) on its own.
+        coupled = np.abs(self._blocks).sum(axis=(0, 1)) > 0
+        group = np.full(n, -1)
+        for i in range(n):
+            if group[i] < 0:
+                members, frontier = {i}, [i]
+                while frontier:
+                    new = set(np.flatnonzero(coupled[frontier].any(axis=0)).tolist()) - members
+                    members |= new
+                    frontier = sorted(new)
+                group[sorted(members)] = group.max() + 1
+        self._qp_blocks = []
+        for g in range(group.max() + 1):
+            idx = np.flatnonzero(group == g)
+            local = {int(v): i for i, v in enumerate(idx)}
+            pairs = [(local[int(a)], local[int(b)]) for a, b in OPPOSITE_PAIRS if int(a) in local]
+            assert all(int(b) in local for a, b in OPPOSITE_PAIRS if int(a) in local)
+            self._qp_blocks.append(_QPBlock(
+                index=idx,
+                blocks=self._blocks[:, :, idx][:, :, :, idx].reshape(9, -1),
+                ridge=self._ridge[np.ix_(idx, idx)],
+                lower=self._lower[idx],
+                upper=self._upper[idx],
+                pair_a=np.array([a for a, _ in pairs], int),
+                pair_b=np.array([b for _, b in pairs], int),
+            ))
 
     def reset(self) -> None:
         """Forget the driver: identity and neutral are estimated afresh from the next frame."""
@@ -487,6 +565,7 @@ class FaceSolver:
         self._t0: float | None = None
         self._last_t: float | None = None
         self._u = np.zeros(len(self._cols))
+        self._u_open = np.zeros(len(self._cols))  # the expression QP's solution before the pair exclusions
 
     def calibrate(self) -> None:
         """Take the next frames (``calibration_s``) as the driver's neutral face (e.g. on a hotkey):
@@ -526,20 +605,23 @@ class FaceSolver:
         # Pose and identity first, on the rigid points; some of them move a little with expression
         # (eye corners with a blink, the nose sides with a sneer), so the previous frame's
         # expression is taken out of them (one step of pose / expression alternation).
-        previous = np.tensordot(self._u, self._cols_raw, axes=1)
-        scale, rot, trans = similarity_fit(self.neutral + previous, observed, self._pose_weight)
+        # Only the rigid points carry weight in the pose fit: the model is evaluated on them alone.
+        rigid = self._rigid
+        source = (self._rest_rigid + (self._identity @ self._identity_rigid).reshape(-1, 3) + self._offset[rigid]
+                  + (self._u @ self._cols_raw_rigid).reshape(-1, 3))
+        scale, rot, trans = similarity_fit(source, observed[rigid], self._rigid_weight)
         local = ((observed - trans) @ rot) / scale  # landmarks in the head's own frame, metres
-        metric = (rot.T * np.array([1.0, 1.0, opt.depth_weight])) @ rot
+        metric = (rot.T * self._depth_scale) @ rot
         if self._calibrating_since is not None:
             self._calibrate_step(local, t)
         # Displacement from the identity-free rest face, anchored: identity first, then expression.
-        d = anchor_fields(local - self._rest - self._offset, self._regions)
+        d = self._anchor(local - self._rest - self._offset)
         if not self._calibrated:
-            rest_d = d - np.tensordot(self._u, self._cols, axes=1)
+            rest_d = d[rigid] - (self._u @ self._cols_rigid).reshape(-1, 3)
             self._update_identity(self._fit_identity(rest_d, metric), t)
-        d = d - np.tensordot(self._identity, self._identity_cols, axes=1)
+        d -= (self._identity @ self._identity_cols_flat).reshape(-1, 3)
         u = self._fit_expression(d, metric)
-        residual = d - np.tensordot(u, self._cols, axes=1)
+        residual = d - (u @ self._cols_flat).reshape(-1, 3)
         fit_error = float(1e3 * np.sqrt(np.mean(residual**2)))
         self._last_t = t
 
@@ -589,12 +671,19 @@ class FaceSolver:
             fraction[k] = u[k] / level
         return fraction
 
+    def _anchor(self, fields: np.ndarray) -> np.ndarray:
+        """``anchor_fields`` of one ``L x 3`` field, in place (precomputed index tables)."""
+        means = np.add.reduceat(fields[self._anchor_idx], self._anchor_starts, axis=0) / self._anchor_counts
+        fields[self._anchored_rows] -= means[self._anchored_owner]
+        return fields
+
     def _fit_identity(self, d: np.ndarray, metric: np.ndarray) -> np.ndarray:
         """Identity from the head-pose landmarks only, pulled towards its running value. ``d``:
-        L x 3 displacement from the identity-free rest face."""
-        hessian = np.tensordot(metric, self._identity_blocks, axes=2) + np.diag(self._identity_prior)
-        gradient = np.tensordot(self._identity_cols, (d @ metric) * self._pose_weight[:, None], axes=2)
-        coefficients = np.linalg.solve(hessian, gradient + self._identity_prior * self._identity)
+        rigid-points x 3 displacement from the identity-free rest face (``fl.RIGID`` order)."""
+        k = self._k
+        hessian = (metric.reshape(-1) @ self._identity_blocks_flat).reshape(k, k) + self._identity_prior_diag
+        gradient = self._identity_cols_rigid @ ((d @ metric) * self._rigid_weight[:, None]).reshape(-1)
+        coefficients = _solve_spd(hessian, gradient + self._identity_prior * self._identity)
         return np.clip(coefficients, -self.options.identity_bound, self.options.identity_bound)
 
     def _update_identity(self, identity: np.ndarray, t: float) -> None:
@@ -605,18 +694,26 @@ class FaceSolver:
 
     def _fit_expression(self, d: np.ndarray, metric: np.ndarray) -> np.ndarray:
         """Bounded least squares over [faceunits; region translations], opposite units exclusive."""
-        hessian = np.tensordot(metric, self._blocks, axes=2) + self._ridge
-        gradient = self._cols_flat @ ((d @ metric) * self.basis.weight[:, None]).reshape(-1)
-        upper = self._upper.copy()
-        u = box_qp(hessian, gradient, self._lower, upper, self._u)
-        for _ in range(len(OPPOSITE_PAIRS)):  # a re-solve can wake another pair: repeat
-            w = u[:NUM_EXPRESSIONS]
-            both = (w[_PAIR_A] > 0) & (w[_PAIR_B] > 0)
-            if not both.any():
-                break
-            weaker = np.where(w[_PAIR_A] < w[_PAIR_B], _PAIR_A, _PAIR_B)[both]
-            upper[weaker] = 0.0
-            u = box_qp(hessian, gradient, self._lower, upper, u)
+        m = metric.reshape(-1)
+        gradient = self._cols_flat @ ((d @ metric) * self._landmark_weight).reshape(-1)
+        u = np.empty(len(self._u))
+        for block in self._qp_blocks:  # independent QPs (see _precompute_per_frame_constants)
+            n = len(block.index)
+            hessian = (m @ block.blocks).reshape(n, n) + block.ridge
+            g = gradient[block.index]
+            upper = block.upper
+            # Warm start: last frame's solution of this same QP (before the pair exclusions).
+            x = box_qp(hessian, g, block.lower, upper, self._u_open[block.index])
+            self._u_open[block.index] = x
+            for _ in range(len(OPPOSITE_PAIRS)):  # a re-solve can wake another pair: repeat
+                a, b = x[block.pair_a], x[block.pair_b]
+                both = (a > 0) & (b > 0)
+                if not both.any():
+                    break
+                upper = upper.copy()
+                upper[np.where(a < b, block.pair_a, block.pair_b)[both]] = 0.0
+                x = box_qp(hessian, g, block.lower, upper, x)
+            u[block.index] = x
         self._u = u
         return u
 
