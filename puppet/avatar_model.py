@@ -55,7 +55,6 @@ is ``L_anny = C_parent @ R_smpl @ C_j^T``. The corrections are:
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -63,8 +62,8 @@ import numpy as np
 from scipy import sparse
 
 from puppet.avatar import Avatar, HairStyle
-from puppet.contract import ARKIT_NAMES, NUM_EXPRESSIONS, NUM_POSE_JOINTS, Blendshape, SmplJoint, pose_row
-from puppet.face_model import anny_to_contract, import_anny
+from puppet.contract import NUM_EXPRESSIONS, NUM_POSE_JOINTS, Blendshape, SmplJoint, pose_row
+from puppet.face_model import anny_to_contract, build_anny_model
 from puppet.rotations import axis_angle_to_matrix, fractional_rotation, rotation_between
 
 log = logging.getLogger(__name__)
@@ -261,18 +260,8 @@ def smoothstep(x: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- anny
 
-@lru_cache(maxsize=1)
 def _anny_model():
-    anny = import_anny()
-    import torch  # noqa: F401  (anny is a torch module)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        log.info("building anny's body model (about a minute the first time, then cached)")
-        model = anny.Anny(rig=ANNY_RIG, topology=ANNY_TOPOLOGY, facial_actions="all")
-    if list(model.facial_action_labels) != list(ARKIT_NAMES):
-        raise RuntimeError("anny's facial action order differs from the contract's ARKit order")
-    return model
+    return build_anny_model(ANNY_RIG, ANNY_TOPOLOGY)
 
 
 @dataclass(frozen=True, eq=False)

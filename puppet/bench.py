@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from puppet.errors import InputError
 from puppet.params import tool_versions
+from puppet.pipeline import Percentiles
 from puppet.sources import open_source
 from puppet.tracking import STAGES, Tracker, TrackingOptions
 
@@ -55,19 +55,13 @@ class _Report:
         path.write_text(json.dumps(self.to_json(), indent=2))
         return path
 
-
-@dataclass(frozen=True)
-class StageStats:
-    p50: float
-    p95: float
-    mean: float
-
-    @classmethod
-    def of(cls, values_ms: list[float] | np.ndarray) -> "StageStats":
-        v = np.asarray(values_ms, dtype=np.float64)
-        if v.size == 0:
-            return cls(float("nan"), float("nan"), float("nan"))
-        return cls(float(np.percentile(v, 50)), float(np.percentile(v, 95)), float(v.mean()))
+    def _stage_table(self, header: str) -> list[str]:
+        """The report's header, the machine, then one row of p50 / p95 / mean per stage."""
+        lines = [header, f"machine: {self.machine['cpu']}, {self.machine['cores']} cores",
+                 f"{'stage':<10} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8}"]
+        for name, st in self.stages_ms.items():
+            lines.append(f"{name:<10} {st.p50:>8.2f} {st.p95:>8.2f} {st.mean:>8.2f}")
+        return lines
 
 
 @dataclass(frozen=True)
@@ -85,19 +79,16 @@ class TrackBenchReport(_Report):
     mode: str
     parallel: bool
     face_backend: str
-    stages_ms: dict[str, StageStats]
+    stages_ms: dict[str, Percentiles]
     fps: float
     machine: dict[str, Any] = field(default_factory=machine_info)
 
     def table(self) -> str:
         w, h = self.frame_size
-        lines = [f"puppet bench track: {self.input} ({w}x{h}), {self.frames} frames after {self.warmup} "
-                 f"warm-up, mode {self.mode}, {'parallel' if self.parallel else 'sequential'}, "
-                 f"face tracker {self.face_backend}",
-                 f"machine: {self.machine['cpu']}, {self.machine['cores']} cores",
-                 f"{'stage':<10} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8}"]
-        for name, s in self.stages_ms.items():
-            lines.append(f"{name:<10} {s.p50:>8.2f} {s.p95:>8.2f} {s.mean:>8.2f}")
+        lines = self._stage_table(
+            f"puppet bench track: {self.input} ({w}x{h}), {self.frames} frames after {self.warmup} "
+            f"warm-up, mode {self.mode}, {'parallel' if self.parallel else 'sequential'}, "
+            f"face tracker {self.face_backend}")
         lines.append(f"tracking stage: {1e3 / self.stages_ms['tracking'].mean:.1f} fps; "
                      f"end to end (decode + tracking): {self.fps:.1f} fps")
         return "\n".join(lines)
@@ -145,7 +136,7 @@ def bench_track(input: str, options: TrackingOptions = TrackingOptions(), frames
             raise InputError(f"{source.description} has only {n} frames: nothing left to time after "
                              f"{warmup} warm-up frames")
         elapsed = time.perf_counter() - start_all if start_all is not None else 0.0
-        stages = {name: StageStats.of(v) for name, v in samples.items()
+        stages = {name: Percentiles.of(v) for name, v in samples.items()
                   if name not in ("body",) or options.mode == "full"}
         return TrackBenchReport(
             input=source.description,
@@ -172,7 +163,7 @@ class RenderBenchReport(_Report):
     frames: int
     warmup: int
     bake_s: float
-    stages_ms: dict[str, StageStats]
+    stages_ms: dict[str, Percentiles]
     machine: dict[str, Any] = field(default_factory=machine_info)
 
     @property
@@ -180,13 +171,10 @@ class RenderBenchReport(_Report):
         return 1e3 / self.stages_ms["total"].mean
 
     def table(self) -> str:
-        lines = [f"puppet bench render: engine {self.engine} ({self.engine_info.get('backend')}, "
-                 f"{self.engine_info.get('device')}), avatar {self.avatar}, {self.size}x{self.size}, "
-                 f"{self.frames} frames after {self.warmup} warm-up; bake {self.bake_s:.1f} s",
-                 f"machine: {self.machine['cpu']}, {self.machine['cores']} cores",
-                 f"{'stage':<10} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8}"]
-        for name, s in self.stages_ms.items():
-            lines.append(f"{name:<10} {s.p50:>8.2f} {s.p95:>8.2f} {s.mean:>8.2f}")
+        lines = self._stage_table(
+            f"puppet bench render: engine {self.engine} ({self.engine_info.get('backend')}, "
+            f"{self.engine_info.get('device')}), avatar {self.avatar}, {self.size}x{self.size}, "
+            f"{self.frames} frames after {self.warmup} warm-up; bake {self.bake_s:.1f} s")
         lines.append(f"render: {self.fps:.1f} fps")
         return "\n".join(lines)
 
@@ -219,4 +207,4 @@ def bench_render(engine_name: str = "mesh", avatar: str = "ada", size: int = 512
         info = dataclasses.asdict(engine.info())
     return RenderBenchReport(engine=engine_name, engine_info=info, avatar=avatar, size=size, frames=frames,
                              warmup=warmup, bake_s=bake_s,
-                             stages_ms={k: StageStats.of(v) for k, v in samples.items()})
+                             stages_ms={k: Percentiles.of(v) for k, v in samples.items()})

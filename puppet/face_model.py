@@ -70,18 +70,24 @@ def import_anny():
     return anny
 
 
-@lru_cache(maxsize=1)
-def _head_model():
+@lru_cache(maxsize=4)
+def build_anny_model(rig: str, topology: str):
+    """anny with all 52 faceunits for ``rig`` / ``topology`` (built once per process; the first
+    build takes about a minute, then anny caches it under ``$ANNY_CACHE_DIR``)."""
     anny = import_anny()
     import torch  # noqa: F401  (anny is a torch module)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        log.info("building anny's head model (about a minute the first time, then cached)")
-        model = anny.Anny(rig="makehuman-head", topology="head", facial_actions="all")
+        log.info("building anny's %s model (about a minute the first time, then cached)", topology)
+        model = anny.Anny(rig=rig, topology=topology, facial_actions="all")
     if list(model.facial_action_labels) != list(ARKIT_NAMES):
         raise RuntimeError("anny's facial action order differs from the contract's ARKit order")
     return model
+
+
+def _head_model():
+    return build_anny_model("makehuman-head", "head")
 
 
 def head_mesh(phenotype: dict[str, float] | None = None) -> HeadMesh:

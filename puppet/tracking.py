@@ -23,7 +23,7 @@ from trackers.body import BodyTracker, BodyTrackerOptions
 from trackers.body_solver import BodySolution, BodySolver, BodySolverOptions
 from trackers.face import FaceTracker, FaceTrackerOptions
 from trackers.face_solver import FaceSolution, FaceSolver, FaceSolverOptions
-from trackers.observation import BodyObservation, FaceObservation, Observation
+from trackers.observation import BodyObservation, Observation
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ import numpy as np
 from engines.raster import Camera, EyeStyle, MeshRasterizer, lift_pixels, look_at
 from puppet.contract import ARKIT_NAMES, Blendshape
 from puppet.face_model import (PHENOTYPE_NAMES, HeadMesh, eyeball_directions, eyeballs, head_colors, head_mesh,
-                               surface_points, vertex_mask)
+                               surface_points)
 
 log = logging.getLogger("derive_face_correspondence")
 
