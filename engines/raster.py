@@ -11,12 +11,23 @@ Y up), so a camera on +Z looking at the origin sees the person's face, their lef
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+def _in_own_context(method):
+    """Make this rasteriser's GL context current for the call: each rasteriser owns a context, and
+    creating a second one in the process makes it current, so the first must switch back."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._ctx:
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 # ----------------------------------------------------------------------------- camera maths
@@ -284,6 +295,7 @@ class MeshRasterizer:
 
     # -- setup
 
+    @_in_own_context
     def set_mesh(self, faces: np.ndarray, colors: np.ndarray, eye_directions: np.ndarray | None = None,
                  decals: np.ndarray | None = None) -> None:
         """Topology ``F x 3`` (int) and per-vertex linear RGB colours ``V x 3`` in [0, 1].
@@ -339,6 +351,7 @@ class MeshRasterizer:
 
     # -- drawing
 
+    @_in_own_context
     def render(
         self,
         vertices: np.ndarray,
@@ -384,6 +397,7 @@ class MeshRasterizer:
         data = self._resolve_fbo.read(components=4, alignment=1)
         return np.frombuffer(data, np.uint8).reshape(self.height, self.width, 4)[::-1].copy()
 
+    @_in_own_context
     def render_triangle_ids(self, vertices: np.ndarray, camera: Camera) -> tuple[np.ndarray, np.ndarray]:
         """Which triangle covers each pixel and where.
 
