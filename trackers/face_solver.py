@@ -38,6 +38,20 @@ What makes the fit behave (each one measured on the test videos, see
   closed-loop response (how FaceMesh's own landmarks move on renders of each faceunit: right for
   the inner lip contour, which slides over the lips as the mouth opens).
 
+Render calibration (``RenderCalibration``, ``trackers/data/anny_render_calibration.json``, made by
+``scripts/derive_render_calibration.py``): what the solver reads on mesh-engine renders of anny
+with known parameters, on avatars and seeds the closed-loop evaluation does not use, undone at the
+output. (1) The head rotation read for anny's head at rest, facing the camera, without hair: the
+offset between the tracker's head frame and anny's, about 1 degree of yaw and 0.3 of roll (pitch
+0.1); the solver reports ``measured @ rest.T``. Absolute pitch keeps a per-face offset that no
+constant removes: hair framing the forehead reads as the head tilted up by 1-5 degrees, and face
+shape moves it too (see docs/avatar_figures.md); the retargeter's neutral calibration removes it.
+(2) jawOpen's scale: on tracked renders the fit shares the jaw drop with mouthLowerDown and
+jawForward, and co-active mouth units change the lip gap, more than the model-only
+self-calibration predicts, so jawOpen read at ~0.73 of the rendered weight; its output is divided
+by that slope. Only the built-in expression output is scaled; the rest rotation applies to every
+head pose.
+
 Known limitation: within the mouth, similar units share motion (jawOpen also reads as some
 mouthLowerDown, a smile as some mouthDimple): the ridge and the mouth translation that make the
 pooled correlations good also blur the split between neighbouring units.
@@ -68,6 +82,8 @@ from trackers.observation import NUM_FACE_LANDMARKS, FaceObservation
 log = logging.getLogger(__name__)
 
 BASIS_FILE = Path(__file__).resolve().parent / "data" / "anny_face_basis.npz"
+RENDER_CALIBRATION_FILE = Path(__file__).resolve().parent / "data" / "anny_render_calibration.json"
+RENDER_CALIBRATION_FORMAT = "puppet.face_render_calibration"
 
 B = Blendshape
 L = fl.FaceLandmark
@@ -179,6 +195,54 @@ def load_face_basis(path: Path = BASIS_FILE) -> FaceBasis:
     if basis.meta.get("expression_names") != list(ARKIT_NAMES):
         raise AssetError(f"face basis {path} uses a different expression order")
     return basis
+
+
+@dataclass(frozen=True)
+class RenderCalibration:
+    """What the solver reads on mesh-engine renders of anny with known parameters, undone at its
+    output (measured by ``scripts/derive_render_calibration.py``, held out from the closed loop).
+
+    rest_rotation: 3 x 3, the head rotation the uncorrected solver reads for anny's head at rest,
+        facing the camera, without hair (against the line of sight): the offset between the
+        tracker's head frame and anny's. The solver reports ``measured @ rest_rotation.T``.
+    unit_gains: 52, output gain per unit on top of the self-calibration (1 = not calibrated):
+        1 / slope of the uncorrected read against the rendered weight.
+    meta: how it was measured (avatars, seeds, fits, date, versions).
+    """
+
+    rest_rotation: np.ndarray
+    unit_gains: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+
+NO_RENDER_CALIBRATION = RenderCalibration(rest_rotation=np.eye(3), unit_gains=np.ones(NUM_EXPRESSIONS))
+
+
+def render_calibration_from_json(text: str) -> RenderCalibration:
+    """Parse the calibration file (``RENDER_CALIBRATION_FORMAT``); ValueError when malformed."""
+    data = json.loads(text)
+    if data.get("format") != RENDER_CALIBRATION_FORMAT or data.get("version") != 1:
+        raise ValueError(f"not a {RENDER_CALIBRATION_FORMAT} version 1 file")
+    rest = np.array(data["rest_rotation"], dtype=np.float64)
+    if rest.shape != (3, 3) or not np.allclose(rest @ rest.T, np.eye(3), atol=1e-6) or np.linalg.det(rest) < 0:
+        raise ValueError("rest_rotation is not a 3 x 3 rotation")
+    gains = np.ones(NUM_EXPRESSIONS)
+    for name, gain in data["unit_gains"].items():
+        if name not in ARKIT_NAMES:
+            raise ValueError(f"unknown unit {name!r} in unit_gains")
+        if not 0.1 <= float(gain) <= MAX_UNIT_GAIN:
+            raise ValueError(f"unit gain of {name} out of [0.1, {MAX_UNIT_GAIN}]: {gain}")
+        gains[ARKIT_NAMES.index(name)] = float(gain)
+    return RenderCalibration(rest_rotation=rest, unit_gains=gains, meta=data.get("meta", {}))
+
+
+@lru_cache(maxsize=4)
+def load_render_calibration(path: Path = RENDER_CALIBRATION_FILE) -> RenderCalibration:
+    try:
+        return render_calibration_from_json(Path(path).read_text())
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise AssetError(f"render calibration {path} is missing or corrupt ({exc}); "
+                         "rebuild it with scripts/derive_render_calibration.py") from None
 
 
 # ----------------------------------------------------------------------------- pure maths
@@ -383,6 +447,8 @@ class FaceSolverOptions:
         of a portrait frame). With the field of view the head rotation is given against the line
         of sight instead. None (default, webcams of unknown optics): no correction; the
         retargeter's neutral calibration removes the constant part.
+    render_calibration: the ``RenderCalibration`` file (rest head rotation, per-unit gains
+        measured on renders of anny); None: the uncorrected solver (what the derivation measures).
     """
 
     expression_source: Literal["auto", "builtin", "mediapipe"] = "auto"
@@ -400,6 +466,7 @@ class FaceSolverOptions:
     gain: float = 1.0
     camera_fov_deg: float | None = None
     basis_path: Path = BASIS_FILE
+    render_calibration: Path | None = RENDER_CALIBRATION_FILE
 
     def __post_init__(self) -> None:
         unknown = set(self.tracked_regions) - set(REGION_UNITS)
@@ -413,7 +480,8 @@ class FaceSolverOptions:
 class FaceSolution:
     """Head pose and expression of one frame.
 
-    head_rotation: 3 x 3, contract frame; identity = facing the camera upright.
+    head_rotation: 3 x 3, contract frame; identity = facing the camera upright (anny's head at
+        rest, by the render calibration).
     head_translation: 3, the head's origin in pixels (x right, y down) and an inverse-scale depth
         proxy (pixels per metre of face, larger = closer).
     expression: float32[52] in [0, 1]; gaze: float32[2, 2]; shape: float32[K] identity coefficients.
@@ -495,7 +563,11 @@ class FaceSolver:
         self._upper = np.concatenate([np.ones(NUM_EXPRESSIONS), np.full(n - NUM_EXPRESSIONS, 1.0)])
         self._upper[list(UNOBSERVABLE)] = 0.0
         self.observability = self._self_calibration()
-        self._output_gain = opt.gain / np.maximum(self.observability, 1.0 / MAX_UNIT_GAIN)
+        self.render_calibration = (NO_RENDER_CALIBRATION if opt.render_calibration is None
+                                   else load_render_calibration(opt.render_calibration))
+        self._output_gain = (opt.gain * self.render_calibration.unit_gains
+                             / np.maximum(self.observability, 1.0 / MAX_UNIT_GAIN))
+        self._rest_rotation_t = self.render_calibration.rest_rotation.T
         self._precompute_per_frame_constants()
         self.reset()
 
@@ -632,9 +704,9 @@ class FaceSolver:
             expression = np.clip(u[:NUM_EXPRESSIONS] * self._output_gain, 0.0, 1.0).astype(np.float32)
             source = "builtin"
         translation = np.array([trans[0], -trans[1], scale])
-        head = rot
+        head = rot @ self._rest_rotation_t  # anny's head at rest reads as the identity
         if opt.camera_fov_deg is not None and image_size is not None:
-            head = line_of_sight_rotation(face.landmarks[:, :2].mean(axis=0), image_size, opt.camera_fov_deg) @ rot
+            head = line_of_sight_rotation(face.landmarks[:, :2].mean(axis=0), image_size, opt.camera_fov_deg) @ head
         return FaceSolution(
             head_rotation=head,
             head_translation=translation,
