@@ -13,17 +13,23 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 if TYPE_CHECKING:
     from engines.base import Engine
     from engines.mesh import MeshEngine
+    from engines.neural import NeuralEngine
 
-EngineName = Literal["mesh"]
+EngineName = Literal["mesh", "neural"]
 
 # name -> (module, engine class, options class)
 ENGINES: dict[str, tuple[str, str, str]] = {
     "mesh": ("engines.mesh", "MeshEngine", "MeshEngineOptions"),
+    "neural": ("engines.neural", "NeuralEngine", "NeuralEngineOptions"),
 }
 
 
 @overload
 def create(name: Literal["mesh"], options: Any = None, **fields: Any) -> "MeshEngine": ...
+
+
+@overload
+def create(name: Literal["neural"], options: Any = None, **fields: Any) -> "NeuralEngine": ...
 
 
 @overload

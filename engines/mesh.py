@@ -212,7 +212,24 @@ class MeshEngine(EngineBase):
         """The camera used for ``params.camera`` (e.g. to project points of the posed mesh)."""
         return orbit_camera(baked.framing, float(camera[0]), float(camera[1]), self.options.fov_deg)[0]
 
+    def render_view(self, baked: MeshBaked, params: DriverParams, camera: Camera) -> RenderedFrame:
+        """Render ``params`` through an explicit ``camera`` instead of the orbit camera of
+        ``params.camera`` (which is ignored), e.g. the synthetic dataset's face camera. The lights
+        turn with the camera as in ``render``: by the camera's rotation from the frontal camera
+        (whose axes are the world's)."""
+        if self._closed:
+            raise RuntimeError("MeshEngine is closed")
+        if not isinstance(baked, MeshBaked):
+            raise TypeError(f"MeshEngine.render_view needs a mesh bake, got {type(baked).__name__}")
+        return self._draw(baked, params, camera, np.asarray(camera.view, dtype=np.float64)[:3, :3].T)
+
     def _render_one(self, baked: MeshBaked, params: DriverParams) -> RenderedFrame:
+        camera, r = orbit_camera(baked.framing, float(params.camera[0]), float(params.camera[1]),
+                                 self.options.fov_deg)
+        return self._draw(baked, params, camera, r)
+
+    def _draw(self, baked: MeshBaked, params: DriverParams, camera: Camera, r: np.ndarray) -> RenderedFrame:
+        """Pose, then rasterise through ``camera`` with the lights turned by ``r`` (3, 3)."""
         o = self.options
         model = baked.model
         t0 = time.perf_counter()
@@ -223,7 +240,6 @@ class MeshEngine(EngineBase):
         if self._uploaded is not baked:
             self._raster.set_mesh(model.faces, model.colors, model.eye_directions, model.decals)
             self._uploaded = baked
-        camera, r = orbit_camera(baked.framing, float(params.camera[0]), float(params.camera[1]), o.fov_deg)
         light = o.lighting
         lighting = dataclasses.replace(
             light,

@@ -37,9 +37,11 @@ class RenderOptions:
     """The avatar and how it is drawn.
 
     avatar: a built-in avatar name or an avatar JSON file.
-    engine: "mesh" (the embedded default).
+    engine: "mesh" (the embedded default) or "neural" (the trained generator).
     size: output side in pixels (square avatar image).
     background: RGB in [0, 1] the engine composites the avatar over.
+    engine_options: further fields of the engine's options (``engines.create``); the neural
+        engine needs ``{"checkpoint": path}``.
     """
 
     avatar: str = DEFAULT_AVATAR
@@ -51,6 +53,12 @@ class RenderOptions:
     def __post_init__(self) -> None:
         if not 64 <= self.size <= 2048:
             raise ValueError(f"size must be between 64 and 2048, got {self.size}")
+        from engines import ENGINES
+
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; known: {', '.join(sorted(ENGINES))}")
+        if self.engine == "neural" and not self.engine_options.get("checkpoint"):
+            raise ValueError("the neural engine needs a generator checkpoint (engine_options={'checkpoint': path})")
 
     def create_engine_options(self) -> dict[str, Any]:
         return {"size": self.size, "background": (*self.background, 1.0), **self.engine_options}

@@ -40,6 +40,7 @@ _SMALL = 1e-8
 _NECK, _L_COLLAR, _R_COLLAR, _HEAD, _L_SHOULDER, _R_SHOULDER = (pose_row(j) for j in (
     SmplJoint.NECK, SmplJoint.LEFT_COLLAR, SmplJoint.RIGHT_COLLAR, SmplJoint.HEAD,
     SmplJoint.LEFT_SHOULDER, SmplJoint.RIGHT_SHOULDER))
+assert _R_COLLAR == _L_COLLAR + 1 and _R_SHOULDER == _L_SHOULDER + 1  # (left, right) rows are adjacent
 
 
 # ----------------------------------------------------------------------------- rotations
@@ -117,7 +118,9 @@ def driven_rotations_torch(pose: torch.Tensor, corrections: torch.Tensor,
     r = axis_angle_to_matrix_torch(torch.cat([pose, pose[:, _NECK:_NECK + 1] / 3.0], dim=1))  # B x 7 x 3 x 3
     c = corrections.expand(b, NUM_POSE_JOINTS, 3, 3)
     ct = c.transpose(-1, -2)
-    collars, shoulders = [_L_COLLAR, _R_COLLAR], [_L_SHOULDER, _R_SHOULDER]
+    # Slices, not lists: indexing with a Python list makes an index tensor on the host and copies
+    # it to the device on every call (a sync in eager mode; forbidden inside CUDA-graph capture).
+    collars, shoulders = slice(_L_COLLAR, _R_COLLAR + 1), slice(_L_SHOULDER, _R_SHOULDER + 1)
     s = c[:, collars] @ r[:, shoulders] @ ct[:, shoulders]  # B x 2 x 3 x 3
     if isinstance(shoulder_share, torch.Tensor):  # (a traced input must stay an input)
         share = shoulder_share.to(pose.dtype).reshape(-1, 1).expand(b, 2)
