@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from puppet.errors import AssetError, OutputError
+from puppet.paths import write_bytes_atomic
 
 if TYPE_CHECKING:
     import onnx
@@ -253,13 +254,7 @@ def export_frame_onnx(generator: "Generator", path: str | os.PathLike, size: int
     if check_tensorrt:
         check_tensorrt_compatible(model, "the exported per-frame graph")
     data = model.SerializeToString()
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    write_bytes_atomic(path, data)
     seconds = time.perf_counter() - t0
     log.info("exported %s (%d nodes, %.1f MB) in %.1f s", path, len(model.graph.node), len(data) / 1e6, seconds)
     return ExportedGraph(path=path, sha256=hashlib.sha256(data).hexdigest(), size=size, opset=opset,

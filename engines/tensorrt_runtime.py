@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from puppet.errors import AssetError, OutputError
+from puppet.paths import write_bytes_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -149,9 +150,9 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, p
     if serialized is None:
         raise AssetError(f"TensorRT could not build an engine from {onnx_path} (see the log above)")
     engine_path = Path(engine_path)
-    _write_atomic(engine_path, bytes(serialized))
+    write_bytes_atomic(engine_path, bytes(serialized))
     if timing_cache is not None:
-        _write_atomic(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
+        write_bytes_atomic(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
     return engine_path
 
 
@@ -180,16 +181,6 @@ def cached_engine(onnx_path: str | os.PathLike, precision: str = "float16", devi
     log.info("building a TensorRT engine (%s) for %s: minutes on the first run", precision, gpu)
     build_engine(onnx_path, path, precision, timing)
     return EngineFile(path=path, key=key, built=True, seconds=time.perf_counter() - t0)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 class TensorRTFrameRunner:

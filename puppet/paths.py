@@ -36,3 +36,15 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 def refuse_overwriting_input(output: Path, input_path: Path | None, what: str) -> None:
     if input_path is not None and same_file(output, input_path):
         raise OutputError(f"cannot write the {what} to {output}: it is the input video")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary sibling and a rename, so that readers never
+    see a half-written file (exported graphs, engines, caches)."""
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
