@@ -1,0 +1,1 @@
+"""Where the rendered frames go when streaming live: virtual camera, RTMP, HLS, WebRTC."""
