@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 MEDIA = SHARED / "media"
 FACE_LANDMARKER = SHARED / "assets" / "face_landmarker.task"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The Ctrl-C tests need SIGINT to reach Python. A shell that starts the tests in the background
+    (``make test &``, nohup, some CI runners) sets SIGINT to "ignore", which children inherit through
+    exec, and then neither this process nor the commands the tests start could be interrupted.
+    A Python handler here is reset to the default in every child, so Ctrl-C works again in all."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _require(path: Path) -> Path:
