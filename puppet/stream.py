@@ -20,6 +20,7 @@ import collections
 import dataclasses
 import gc
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -56,13 +57,6 @@ class Target:
 
     kind: TargetKind
     value: str | None = None
-
-    def describe(self) -> str:
-        if self.kind == "rtmp":
-            from puppet.sinks.rtmp import redact
-
-            return redact(self.value or "")
-        return self.kind if self.value is None else f"{self.kind}:{self.value}"
 
 
 TARGET_FORMS = "virtualcam[:/dev/videoN] | rtmp://HOST/APP/KEY | hls:DIR | webrtc"
@@ -173,6 +167,8 @@ class StreamMonitor(Protocol):
 
     def status(self, status: StreamStatus) -> None: ...
 
+    def end(self) -> None: ...
+
 
 class StatusLine:
     """The CLI's monitor: the viewer URLs, then one status line (rewritten in place on a terminal,
@@ -190,8 +186,9 @@ class StatusLine:
 
     def status(self, status: StreamStatus) -> None:
         line = status.describe()
-        if self.tty:
-            print(f"\r{line[:160]:<160}", end="", file=self.out, flush=True)
+        if self.tty:  # rewritten in place: never wider than the terminal, or it would wrap
+            width = shutil.get_terminal_size().columns - 1
+            print(f"\r{line[:width]:<{width}}", end="", file=self.out, flush=True)
             self._shown = True
         else:
             print(line, file=self.out, flush=True)
@@ -516,7 +513,7 @@ def run_stream(options: StreamOptions, source, sinks: StreamSinks, avatar,
         stats = Pipeline(source, stages, fanout, PipelineOptions(live=True)).run()  # closes the sinks
     finally:
         sinks.close()  # when the pipeline never started (a no-op otherwise)
-        if monitor is not None and hasattr(monitor, "end"):
+        if monitor is not None:
             monitor.end()
     return StreamSummary(pipeline=stats, sinks=sinks.stats(), urls=urls)
 
