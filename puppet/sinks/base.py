@@ -177,6 +177,23 @@ class Outgoing:
     captured: float
 
 
+class WorkerFedSink:
+    """``send`` for sinks whose encoding runs on a ``NewestFrameWorker`` (HLS, RTMP): count the
+    frame, re-raise the worker's failure, hand the frame over without waiting. Subclasses set
+    ``_fmt`` and ``_worker`` in ``open`` and ``_frames_in = 0`` in ``__init__``."""
+
+    _fmt: StreamFormat | None
+    _worker: "NewestFrameWorker | None"
+    _frames_in: int
+
+    def send(self, image: np.ndarray, t: float, captured: float) -> None:
+        assert self._worker is not None and self._fmt is not None, "open() first"
+        if self._worker.error is not None:
+            raise self._worker.error
+        self._frames_in += 1
+        self._worker.put(Outgoing(check_image(image, self._fmt.size), t, captured))
+
+
 class NewestFrameWorker:
     """A sink's worker thread fed through a one-slot mailbox (newest frame wins, drops counted).
 

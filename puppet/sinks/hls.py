@@ -28,11 +28,11 @@ from pathlib import Path
 
 import av
 import av.error
-import numpy as np
 
 from puppet.errors import OutputError
 from puppet.sinks.base import (FrameTimes, LatencyWindow, NewestFrameWorker, Outgoing, SinkStats, StreamFormat,
-                               check_image, perf_to_epoch)
+                               WorkerFedSink,
+                               perf_to_epoch)
 from puppet.sinks.encode import AudioFeed, LiveEncoder, LiveEncoderOptions
 from puppet.sinks.http import LocalServer, Response
 
@@ -117,7 +117,7 @@ def parse_playlist(text: str) -> Playlist:
     return Playlist(version, target, sequence, init, tuple(segments), ended)
 
 
-class HlsSink:
+class HlsSink(WorkerFedSink):
     """Writes a live HLS stream into ``options.directory`` and serves it (and a viewer page)."""
 
     name = "hls"
@@ -180,13 +180,6 @@ class HlsSink:
             self.server.add_post(self.options.path + "report", self._on_report)
         self._worker = NewestFrameWorker(self.name, self._deliver, self._finish)
         self._worker.start()
-
-    def send(self, image: np.ndarray, t: float, captured: float) -> None:
-        assert self._worker is not None and self._fmt is not None, "open() first"
-        if self._worker.error is not None:
-            raise self._worker.error
-        self._frames_in += 1
-        self._worker.put(Outgoing(check_image(image, self._fmt.size), t, captured))
 
     def close(self) -> None:
         if self._worker is None:

@@ -40,7 +40,8 @@ import numpy as np
 
 from puppet.errors import OutputError
 from puppet.sinks.base import (FrameTimes, LatencyWindow, NewestFrameWorker, Outgoing, SinkStats, StreamFormat,
-                               check_image, perf_to_epoch)
+                               WorkerFedSink,
+                               perf_to_epoch)
 from puppet.sinks.encode import LiveEncoderOptions
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ class _Publisher:
         self._replies.put(None)
 
 
-class RtmpSink:
+class RtmpSink(WorkerFedSink):
     """Publishes to an RTMP server (YouTube, Twitch, nginx-rtmp, OBS, an FFmpeg listener)."""
 
     name = "rtmp"
@@ -232,13 +233,6 @@ class RtmpSink:
             raise OutputError(f"cannot publish to {redact(self.options.url)}: {exc}") from None
         self._worker = NewestFrameWorker(self.name, self._deliver, self._finish)
         self._worker.start()
-
-    def send(self, image: np.ndarray, t: float, captured: float) -> None:
-        assert self._worker is not None and self._fmt is not None, "open() first"
-        if self._worker.error is not None:
-            raise self._worker.error
-        self._frames_in += 1
-        self._worker.put(Outgoing(check_image(image, self._fmt.size), t, captured))
 
     def close(self) -> None:
         if self._worker is None:
