@@ -319,7 +319,11 @@ class VideoFileSource(_SourceBase):
                 f"cannot decode the first video frame of {path}: the file is corrupt or truncated"
             )
         self._pending.insert(0, first)
+        # Read once per stream: the matrix is the track's (it does not change between frames), and
+        # reading a frame's side data puts that frame in a reference cycle (VideoFrame <->
+        # SideDataContainer) that only the cycle collector frees, with its picture buffers.
         matrix = _frame_display_matrix(first)
+        self._display_matrix = matrix
         image = apply_display_matrix(first.to_ndarray(format="rgb24"), matrix)
         self._first_image = image
         rotation = int(round(display_rotation(matrix))) if matrix is not None else 0
@@ -406,8 +410,7 @@ class VideoFileSource(_SourceBase):
                                 self._container.name, index, t, prev_t)
                     t = prev_t + 1.0 / fps
             if image is None:
-                image = apply_display_matrix(frame.to_ndarray(format="rgb24"),
-                                             _frame_display_matrix(frame))
+                image = apply_display_matrix(frame.to_ndarray(format="rgb24"), self._display_matrix)
             if self.options.realtime:
                 now = time.monotonic()
                 if wall0 is None:

@@ -381,12 +381,12 @@ class StreamSinks:
 class CycleCollector:
     """Collects reference cycles every ``every_s`` seconds of a live session.
 
-    Why: a decoded PyAV frame whose side data was read (``puppet.sources`` reads the display
-    matrix of every frame) sits in a reference cycle (VideoFrame <-> SideDataContainer) holding
-    its native picture buffers (~1.4 MB at 720p). In a live pipeline such frames live long enough
-    to reach the oldest GC generation, which Python collects rarely: memory grew by tens of kB to
-    ~1 MB per frame in a soak run, and a periodic full collection kept it flat (measured,
-    docs/streaming.md). ``start`` freezes what exists when streaming begins (models, engines:
+    Why: objects caught in reference cycles reach the oldest GC generation in a live session and
+    Python collects it rarely. The soak run that found this (docs/streaming.md) grew by ~1 MB per
+    frame: a decoded PyAV frame whose side data was read sits in such a cycle with its picture
+    buffers. ``puppet.sources`` now reads the display matrix once per stream, so decoding makes no
+    cycles; the collector stays as a guard against cycles from elsewhere (libraries, sinks), at
+    ~15 ms every few seconds. ``start`` freezes what exists when streaming begins (models, engines:
     they live until the end), so each collection scans only what streaming made (~15 ms, not
     ~70 ms); ``stop`` unfreezes.
     """
