@@ -202,6 +202,10 @@ class PipelineStats:
 
 # ----------------------------------------------------------------------------- the pipeline
 
+# How long ``Pipeline.run`` waits for a stage thread that is busy processing once stopped.
+JOIN_TIMEOUT_S = 10.0
+
+
 @dataclass(frozen=True)
 class PipelineOptions:
     live: bool = False
@@ -254,8 +258,7 @@ class Pipeline:
             log.warning("interrupted: stopping the pipeline")
         finally:
             self._stop.set()
-            for t in threads:
-                t.join(timeout=10.0)
+            self._join(threads)
             self.sink.close()
         if self._errors:
             raise self._errors[0]
@@ -270,6 +273,18 @@ class Pipeline:
             interrupted=interrupted,
             streaming_s=written[-1] - written[0] if written else 0.0,
         )
+
+    def _join(self, threads: list[threading.Thread]) -> None:
+        """Wait for the threads; give up after ``JOIN_TIMEOUT_S`` on a stage stuck in ``process``,
+        but wait out one still in ``open`` (loading a model or building an engine), which cannot be
+        interrupted: leaving the interpreter while a daemon thread is inside native loading code
+        aborts the process (exit 134 instead of the error's own message and exit code)."""
+        for t in threads:
+            t.join(timeout=JOIN_TIMEOUT_S)
+        for stage, t, opened in zip(self.stages, threads[1:], self._opened):
+            if t.is_alive() and not opened.is_set():
+                log.info("waiting for stage %s to finish opening before stopping", stage.name)
+                t.join()
 
     def _drain(self, inbox, latencies: list[float], written: list[float]) -> None:
         """The sink's loop. After a stop request, packets already waiting for the sink are still

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from puppet.frame import Frame
+import puppet.pipeline as pipeline_module
 from puppet.pipeline import FunctionStage, Pipeline, PipelineOptions
 
 
@@ -94,6 +95,27 @@ def test_stage_errors_reach_the_caller():
     with pytest.raises(RuntimeError, match="stage broke"):
         Pipeline(frames(100), [FunctionStage("broken", broken)], sink).run()
     assert sink.closed
+
+
+def test_a_failure_waits_for_a_stage_still_opening(monkeypatch):
+    # A stage still loading (a model, an engine) when another fails must finish opening before
+    # run() returns: exiting while a daemon thread is inside native loading code aborts Python.
+    monkeypatch.setattr(pipeline_module, "JOIN_TIMEOUT_S", 0.05)
+    finished = threading.Event()
+
+    class SlowToOpen(FunctionStage):
+        def open(self):
+            time.sleep(0.5)
+            finished.set()
+
+    class FailsToOpen(FunctionStage):
+        def open(self):
+            raise RuntimeError("no such checkpoint")
+
+    stages = [FailsToOpen("solve", lambda p: p), SlowToOpen("render", lambda p: p)]
+    with pytest.raises(RuntimeError, match="no such checkpoint"):
+        Pipeline(frames(10), stages, ListSink()).run()
+    assert finished.is_set()
 
 
 def test_sink_can_stop_the_run():
