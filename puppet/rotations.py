@@ -31,33 +31,55 @@ def axis_angle_to_matrix(aa: np.ndarray) -> np.ndarray:
     return eye + s * k + (1.0 - c) * (k @ k)
 
 
+# quat_to_matrix's entries from the products q_i q_j (flat index 4 i + j, xyzw): the diagonal is
+# ``1 - 2 (a + b)``, the rest ``2 (a +- b)``, in row-major order.
+_Q2M_A = np.array([5, 1, 2, 1, 0, 6, 2, 6, 0])  # yy xy xz / xy xx yz / xz yz xx
+_Q2M_B = np.array([10, 11, 7, 11, 10, 3, 7, 3, 5])  # zz zw yw / zw zz xw / yw xw yy
+_Q2M_SIGNS = np.array([1.0, -1.0, 1.0, 1.0, 1.0, -1.0, -1.0, 1.0, 1.0])
+_Q2M_SCALE = np.array([-2.0, 2.0, 2.0, 2.0, -2.0, 2.0, 2.0, 2.0, -2.0])
+_DIAGONAL = (0, 4, 8)
+
+
+def _products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """All products ``a_i b_j``: ``(..., 4), (..., 4) -> (..., 16)`` at index ``4 i + j``."""
+    p = a[..., :, None] * b[..., None, :]
+    return p.reshape(p.shape[:-2] + (16,))
+
+
 def quat_to_matrix(q: np.ndarray) -> np.ndarray:
     """``q: (..., 4) xyzw -> (..., 3, 3)``; ``q`` need not be normalised."""
     q = normalize_quat(q)
-    x, y, z, w = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    m = np.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
-        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
-        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
-    ], axis=-1)
+    p = _products(q, q)
+    # Entry by entry the arithmetic of 1 - 2 (y y + z z), 2 (x y - z w), ... (x + (-y) is x - y).
+    m = ((p[..., _Q2M_A] + _Q2M_SIGNS * p[..., _Q2M_B]) * _Q2M_SCALE)
+    m[..., _DIAGONAL] = 1.0 + m[..., _DIAGONAL]
     return m.reshape(q.shape[:-1] + (3, 3))
+
+
+# Shepperd's candidates, written as ``4 q_i q_j``: the pivots ``4 q_i^2`` on the diagonal (their
+# signs on m00, m11, m22 below), the sums and differences of mirrored entries elsewhere. The
+# candidate matrix indexes the 10 distinct values (4 pivots, then s01 s02 s12 d21 d02 d10).
+_PIVOT_SIGNS = np.array([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]])
+_MIRROR_A = np.array([1, 2, 5, 7, 2, 3])  # flat (row-major) index: m01 m02 m12 m21 m02 m10
+_MIRROR_B = np.array([3, 6, 7, 5, 6, 1])  # ... plus or minus m10 m20 m21 m12 m20 m01
+_MIRROR_SIGNS = np.array([1.0, 1.0, 1.0, -1.0, -1.0, -1.0])
+_CANDIDATES = np.array([[0, 4, 5, 7], [4, 1, 6, 8], [5, 6, 2, 9], [7, 8, 9, 3]])
 
 
 def matrix_to_quat(m: np.ndarray) -> np.ndarray:
     """Shepperd's method, stable at every angle. ``m: (..., 3, 3) -> (..., 4)`` xyzw with w >= 0."""
     m = np.asarray(m, dtype=np.float64)
-    m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
-    m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
-    m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
-    tr = m00 + m11 + m22
+    flat = m.reshape(m.shape[:-2] + (9,))
+    diag = flat[..., 0::4]  # m00, m11, m22
     # Four candidate solutions (each exact where its pivot 4*q_i^2 is large); keep the best.
-    p0, p1, p2, p3 = 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22, 1 + tr
-    s01, s02, s12 = m01 + m10, m02 + m20, m12 + m21
-    d21, d02, d10 = m21 - m12, m02 - m20, m10 - m01
-    cand = np.stack([p0, s01, s02, d21, s01, p1, s12, d02, s02, s12, p2, d10, d21, d02, d10, p3],
-                    -1).reshape(m.shape[:-2] + (4, 4))
-    pick = np.argmax(cand[..., (0, 1, 2, 3), (0, 1, 2, 3)], axis=-1)  # the pivots, on the diagonal
-    q = np.take_along_axis(cand, pick[..., None, None], axis=-2)[..., 0, :]
+    signed = diag[..., None, :] * _PIVOT_SIGNS  # exact: x + (-y) is x - y
+    pivots = ((1.0 + signed[..., 0]) + signed[..., 1]) + signed[..., 2]  # 1 +- m00 +- m11 +- m22
+    trace = (diag[..., 0] + diag[..., 1]) + diag[..., 2]
+    mirrored = flat[..., _MIRROR_A] + _MIRROR_SIGNS * flat[..., _MIRROR_B]
+    values = np.concatenate([pivots, (1.0 + trace)[..., None], mirrored], axis=-1)
+    pick = np.argmax(values[..., :4], axis=-1)  # the largest pivot
+    rows = _CANDIDATES[pick]
+    q = values[rows] if values.ndim == 1 else np.take_along_axis(values, rows, axis=-1)
     q = normalize_quat(q)
     return np.where(q[..., 3:4] < 0, -q, q)
 
@@ -67,8 +89,11 @@ def axis_angle_to_quat(aa: np.ndarray) -> np.ndarray:
     aa = np.asarray(aa, dtype=np.float64)
     theta = _norm(aa)
     half = 0.5 * theta
-    # sin(x/2)/x with its limit 1/2 at zero.
-    k = np.where(theta > 1e-6, np.sin(half) / np.maximum(theta, _EPS), 0.5 - theta**2 / 48.0)
+    # sin(x/2)/x with its limit 1/2 at zero (the series only computed where it is used).
+    k = np.sin(half) / np.maximum(theta, _EPS)
+    small = ~(theta > 1e-6)
+    if small.any():
+        k = np.where(small, 0.5 - theta**2 / 48.0, k)
     return np.concatenate([aa * k, np.cos(half)], axis=-1)
 
 
@@ -79,7 +104,10 @@ def quat_to_axis_angle(q: np.ndarray) -> np.ndarray:
     v = q[..., :3]
     s = _norm(v)
     theta = 2.0 * np.arctan2(s, q[..., 3:4])
-    k = np.where(s > 1e-9, theta / np.maximum(s, _EPS), 2.0 + s**2 / 3.0)
+    k = theta / np.maximum(s, _EPS)
+    small = ~(s > 1e-9)
+    if small.any():  # the series 2 + s^2/3, only computed where it is used
+        k = np.where(small, 2.0 + s**2 / 3.0, k)
     return v * k
 
 
@@ -93,18 +121,19 @@ def normalize_quat(q: np.ndarray) -> np.ndarray:
     return q / np.maximum(_norm(q), _EPS)
 
 
+# The Hamilton product's terms, products a_i b_j at 4 i + j (xyzw) with their signs, summed left to
+# right: x = aw bx + ax bw + ay bz - az by, y = aw by - ax bz + ay bw + az bx, ...
+_MUL_TERMS = np.array([[12, 3, 6, 9], [13, 2, 7, 8], [14, 1, 4, 11], [15, 0, 5, 10]])
+_MUL_SIGNS = np.array([[1.0, 1.0, 1.0, -1.0], [1.0, -1.0, 1.0, 1.0],
+                       [1.0, 1.0, -1.0, 1.0], [1.0, -1.0, -1.0, -1.0]])
+
+
 def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Hamilton product ``a * b`` (apply ``b`` first). ``(..., 4), (..., 4) -> (..., 4)``."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
-    ax, ay, az, aw = a[..., 0], a[..., 1], a[..., 2], a[..., 3]
-    bx, by, bz, bw = b[..., 0], b[..., 1], b[..., 2], b[..., 3]
-    return np.stack([
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-        aw * bw - ax * bx - ay * by - az * bz,
-    ], axis=-1)
+    terms = _products(a, b)[..., _MUL_TERMS] * _MUL_SIGNS
+    return ((terms[..., 0] + terms[..., 1]) + terms[..., 2]) + terms[..., 3]
 
 
 def quat_conjugate(q: np.ndarray) -> np.ndarray:
@@ -114,14 +143,14 @@ def quat_conjugate(q: np.ndarray) -> np.ndarray:
 
 def align_hemisphere(q: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Flip ``q`` to the reference's hemisphere (``q`` and ``-q`` are the same rotation)."""
-    dot = np.sum(np.asarray(q) * np.asarray(reference), axis=-1, keepdims=True)
+    dot = np.add.reduce(np.asarray(q) * np.asarray(reference), axis=-1, keepdims=True)  # np.sum, less overhead
     return np.where(dot < 0, -q, q)
 
 
 def quat_angle_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Geodesic angle in radians between rotations. ``(..., 4), (..., 4) -> (...)``."""
-    dot = np.abs(np.sum(normalize_quat(a) * normalize_quat(b), axis=-1))
-    return 2.0 * np.arccos(np.clip(dot, 0.0, 1.0))
+    dot = np.abs(np.add.reduce(normalize_quat(a) * normalize_quat(b), axis=-1))
+    return 2.0 * np.arccos(np.minimum(np.maximum(dot, 0.0), 1.0))  # np.clip
 
 
 def slerp(a: np.ndarray, b: np.ndarray, alpha: np.ndarray | float) -> np.ndarray:
@@ -129,12 +158,16 @@ def slerp(a: np.ndarray, b: np.ndarray, alpha: np.ndarray | float) -> np.ndarray
     a = normalize_quat(a)
     b = align_hemisphere(normalize_quat(b), a)
     alpha = np.asarray(alpha, dtype=np.float64)[..., None] if np.ndim(alpha) else float(alpha)
-    dot = np.clip(np.sum(a * b, axis=-1, keepdims=True), -1.0, 1.0)
+    dot = np.minimum(np.maximum(np.add.reduce(a * b, axis=-1, keepdims=True), -1.0), 1.0)  # np.clip
     omega = np.arccos(dot)
     so = np.sin(omega)
     near = so < 1e-6
-    wa = np.where(near, 1.0 - alpha, np.sin((1.0 - alpha) * omega) / np.where(near, 1.0, so))
-    wb = np.where(near, alpha, np.sin(alpha * omega) / np.where(near, 1.0, so))
+    if near.any():
+        wa = np.where(near, 1.0 - alpha, np.sin((1.0 - alpha) * omega) / np.where(near, 1.0, so))
+        wb = np.where(near, alpha, np.sin(alpha * omega) / np.where(near, 1.0, so))
+    else:  # the same weights, without the nearly-parallel branch
+        wa = np.sin((1.0 - alpha) * omega) / so
+        wb = np.sin(alpha * omega) / so
     return normalize_quat(wa * a + wb * b)
 
 

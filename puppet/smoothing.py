@@ -171,7 +171,7 @@ def so3_one_euro_step(q: np.ndarray, q_hat: np.ndarray, w_hat: np.ndarray, dt: n
     dt3 = dt[..., None] if dt.ndim else dt
     w = quat_to_axis_angle(quat_multiply(quat_conjugate(q_hat), q)) / dt3
     w_hat = w_hat + one_euro_alpha(settings.d_cutoff, dt3) * (w - w_hat)
-    cutoff = settings.min_cutoff + settings.beta * np.linalg.norm(w_hat, axis=-1)
+    cutoff = settings.min_cutoff + settings.beta * np.sqrt(np.add.reduce(w_hat * w_hat, axis=-1))  # |w_hat|
     alpha = np.broadcast_to(one_euro_alpha(cutoff, dt), q.shape[:-1])
     return slerp(q_hat, q, alpha), w_hat
 
@@ -466,6 +466,21 @@ def _rotation_channel(settings: FilterSettings, n: int, options: SmoothingOption
                           np.tile(_IDENTITY_QUAT, (n, 1)), slerp, options)
 
 
+class _AxisAngleCache:
+    """``quat_to_axis_angle`` that reuses its last result while the input is bit-identical: an
+    untracked channel shows the same rotations frame after frame (the body in face-only mode)."""
+
+    def __init__(self) -> None:
+        self._key: tuple[tuple[int, ...], bytes] | None = None
+        self._value = np.zeros((0, 3))
+
+    def __call__(self, q: np.ndarray) -> np.ndarray:
+        key = (q.shape, q.tobytes())
+        if key != self._key:
+            self._key, self._value = key, quat_to_axis_angle(q)
+        return self._value
+
+
 class ParamSmoother:
     """Smooths a stream of ``DriverParams`` field by field.
 
@@ -481,6 +496,7 @@ class ParamSmoother:
         self._camera = _vector_channel(options.camera, (2,), options)
         self._head = _rotation_channel(options.head_pose, len(FACE_POSE_ROWS), options)
         self._body = _rotation_channel(options.body_pose, len(BODY_POSE_ROWS), options)
+        self._head_axis_angle, self._body_axis_angle = _AxisAngleCache(), _AxisAngleCache()
 
     def reset(self) -> None:
         """Forget the stream: the next frame starts afresh."""
@@ -501,8 +517,8 @@ class ParamSmoother:
         head_rows, body_rows = list(FACE_POSE_ROWS), list(BODY_POSE_ROWS)
         head_in = axis_angle_to_quat(pose[head_rows]) if face else None
         body_in = axis_angle_to_quat(pose[body_rows]) if body else None
-        out_pose[head_rows] = quat_to_axis_angle(self._head.update(head_in, t, face))
-        out_pose[body_rows] = quat_to_axis_angle(self._body.update(body_in, t, body))
+        out_pose[head_rows] = self._head_axis_angle(self._head.update(head_in, t, face))
+        out_pose[body_rows] = self._body_axis_angle(self._body.update(body_in, t, body))
         return params.replace(
             expression=np.clip(self._expression.update(params.expression, t, face), 0.0, 1.0),
             pose=out_pose,

@@ -16,11 +16,15 @@ from puppet.errors import AssetError
 from puppet.frame import Frame
 from trackers import face_landmarks as fl
 from trackers.face import (
+    FaceMeshGraph,
     FaceTracker,
     FaceTrackerOptions,
     follow_cost,
     keep_region,
+    landmarks_from_wire,
+    normalized_landmarks_array,
     select_subject,
+    serialized_landmarks_array,
     video_timestamp_ms,
 )
 from trackers.face_landmarks import FaceLandmark as FL
@@ -205,6 +209,55 @@ def test_tracks_video_frames_in_pixels(d3_frames):
     noses = np.array([f.landmarks[FL.NOSE_TIP, :2] for f in faces])
     assert np.linalg.norm(np.diff(noses, axis=0), axis=1).max() < 0.1 * faces[0].size
 
+
+
+def test_landmarks_read_from_the_wire_match_the_protobuf_fields():
+    from mediapipe.framework.formats import landmark_pb2
+
+    rng = np.random.default_rng(1)
+    points = rng.uniform(-1.5, 1.5, (478, 3)).astype(np.float32)
+    points[0] = 0.0  # zeros are still written (proto2 fields that are set)
+    message = landmark_pb2.NormalizedLandmarkList()
+    for x, y, z in points:
+        message.landmark.add(x=x, y=y, z=z)
+    raw = message.SerializeToString()
+    for decoded in (landmarks_from_wire(raw), serialized_landmarks_array(raw), normalized_landmarks_array(message)):
+        assert decoded.dtype == np.float32 and np.array_equal(decoded, points)
+    # Another layout (visibility set on one landmark) is not misread: it is parsed instead.
+    message.landmark[5].visibility = 0.5
+    raw = message.SerializeToString()
+    assert landmarks_from_wire(raw) is None
+    assert np.array_equal(serialized_landmarks_array(raw), points)
+    assert np.array_equal(normalized_landmarks_array(message), points)
+    assert landmarks_from_wire(raw[:-1]) is None and landmarks_from_wire(b"") is None
+    assert normalized_landmarks_array(landmark_pb2.NormalizedLandmarkList()).shape == (0, 3)
+
+
+def test_direct_facemesh_graph_matches_the_public_process(d3_frames):
+    """The direct graph path (mediapipe 0.10.14) gives FaceMesh.process's landmarks, bit for bit."""
+    from mediapipe.python.solutions import face_mesh
+
+    options = dict(static_image_mode=False, max_num_faces=1, refine_landmarks=True)
+    with face_mesh.FaceMesh(**options) as public, face_mesh.FaceMesh(**options) as direct_mesh:
+        direct = FaceMeshGraph.attach(direct_mesh)
+        assert direct is not None, "mediapipe's SolutionBase internals changed: the tracker falls back"
+        blank = np.zeros((256, 256, 3), np.uint8)
+        for image in [f.image for f in d3_frames[:6]] + [blank] + [f.image for f in d3_frames[6:9]]:
+            image = np.ascontiguousarray(image)
+            expected = [normalized_landmarks_array(f) for f in public.process(image).multi_face_landmarks or []]
+            got = direct.process(image)
+            assert len(got) == len(expected)
+            for a, b in zip(got, expected):
+                assert a.shape == (478, 3) and np.array_equal(a, b)
+        assert public._simulated_timestamp == direct_mesh._simulated_timestamp
+        direct_mesh.reset()  # the solution's own reset still applies to the direct path
+        assert len(direct.process(np.ascontiguousarray(d3_frames[0].image))) == 1
+    assert FaceMeshGraph.attach(object()) is None  # not a SolutionBase: the public path is kept
+
+
+def test_tracker_uses_the_direct_facemesh_graph():
+    with FaceTracker(FaceTrackerOptions(backend="facemesh")) as tracker:
+        assert tracker._backend._graph is not None
 
 def test_no_face_gives_none():
     rng = np.random.default_rng(0)

@@ -64,3 +64,59 @@ def test_rotation_between_including_antiparallel():
     vn = v / np.linalg.norm(v, axis=1, keepdims=True)
     np.testing.assert_allclose(np.einsum("nij,nj->ni", r, un), vn, atol=1e-9)
     np.testing.assert_allclose(np.linalg.det(r), 1, atol=1e-12)
+
+
+# The textbook formulas, one expression per component: the table-driven versions in
+# puppet.rotations must do exactly this arithmetic (bit for bit), whatever the batch shape.
+
+
+def _textbook_quat_to_matrix(q):
+    q = q / np.maximum(np.sqrt(np.add.reduce(q * q, axis=-1, keepdims=True)), 1e-9)
+    x, y, z, w = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+    return np.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
+    ], axis=-1).reshape(q.shape[:-1] + (3, 3))
+
+
+def _textbook_quat_multiply(a, b):
+    ax, ay, az, aw = a[..., 0], a[..., 1], a[..., 2], a[..., 3]
+    bx, by, bz, bw = b[..., 0], b[..., 1], b[..., 2], b[..., 3]
+    return np.stack([aw * bx + ax * bw + ay * bz - az * by, aw * by - ax * bz + ay * bw + az * bx,
+                     aw * bz + ax * by - ay * bx + az * bw, aw * bw - ax * bx - ay * by - az * bz], axis=-1)
+
+
+def _textbook_matrix_to_quat(m):
+    """Shepperd: all four candidates, keep the one with the largest pivot."""
+    m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
+    m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
+    m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
+    cand = np.stack([1 + m00 - m11 - m22, m01 + m10, m02 + m20, m21 - m12,
+                     m01 + m10, 1 - m00 + m11 - m22, m12 + m21, m02 - m20,
+                     m02 + m20, m12 + m21, 1 - m00 - m11 + m22, m10 - m01,
+                     m21 - m12, m02 - m20, m10 - m01, 1 + (m00 + m11 + m22)], -1).reshape(m.shape[:-2] + (4, 4))
+    pick = np.argmax(cand[..., (0, 1, 2, 3), (0, 1, 2, 3)], axis=-1)
+    q = np.take_along_axis(cand, pick[..., None, None], axis=-2)[..., 0, :]
+    q = q / np.maximum(np.sqrt(np.add.reduce(q * q, axis=-1, keepdims=True)), 1e-9)
+    return np.where(q[..., 3:4] < 0, -q, q)
+
+
+def _bitwise_equal(a, b):
+    return a.shape == b.shape and np.array_equal(a, b) and np.array_equal(np.signbit(a), np.signbit(b))
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (2,), (3, 5)])
+def test_table_driven_formulas_match_the_textbook_bit_for_bit(shape):
+    rng = np.random.default_rng(7)
+    q, q2 = rng.normal(size=shape + (4,)), rng.normal(size=shape + (4,))
+    matrices = [rot.quat_to_matrix(q), rng.normal(size=shape + (3, 3)), np.round(rot.quat_to_matrix(q2), 1),
+                np.broadcast_to(np.eye(3), shape + (3, 3)), np.broadcast_to(np.diag([-1.0, -1.0, 1.0]), shape + (3, 3))]
+    for m in matrices:
+        assert _bitwise_equal(rot.matrix_to_quat(m), _textbook_matrix_to_quat(m))
+    for a in (q, np.zeros(shape + (4,)), np.broadcast_to([0.0, -0.0, 0.0, 1.0], shape + (4,))):
+        assert _bitwise_equal(rot.quat_to_matrix(a), _textbook_quat_to_matrix(a))
+        assert _bitwise_equal(rot.quat_multiply(a, q2), _textbook_quat_multiply(a, q2))
+    one = q2.reshape(-1, 4)[0]  # (4,) against the batch: broadcasting
+    assert _bitwise_equal(rot.quat_multiply(q, one), _textbook_quat_multiply(q, one))
+    assert _bitwise_equal(rot.quat_multiply(one, q), _textbook_quat_multiply(one, q))
