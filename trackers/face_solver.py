@@ -40,7 +40,10 @@ What makes the fit behave (each one measured on the test videos, see
   lower, wider or deeper on a driver than on anny; a translation of the whole region (lightly
   penalised) absorbs that, so that a lid *gap* or a mouth-corner *lift* is what drives the units.
 - a per-unit-scaled ridge (each unit relative to its own strength, so small units such as
-  eyeLookUp are not penalised more than jawOpen), and exclusive opposite units.
+  eyeLookUp are not penalised more than jawOpen), and exclusive opposite units, with hysteresis
+  (``PAIR_HYSTERESIS``): where both units of a pair fit about equally (mouthRollLower and
+  mouthShrugLower on one test photo), keeping the stronger one swapped them from frame to frame,
+  a jump of the whole weight on a face held still.
 - two model variants per landmark: the surface correspondence (where each landmark sits on anny's
   mesh, moved by the faceunit: right for the eyelids and the iris) and the closed-loop response
   (how FaceMesh's own landmarks move on renders of each faceunit), for the mouth (the inner lip
@@ -165,6 +168,9 @@ SHIFTED_REGIONS: tuple[str, ...] = ("lids_left", "lids_right", "mouth")
 # Units the landmarks cannot observe: a puffed cheek or a tongue barely moves FaceMesh's surface,
 # and the lip motion anny's cheekPuff unit does have mimics a pucker. They stay 0.
 UNOBSERVABLE: tuple[Blendshape, ...] = (B.cheekPuff, B.tongueOut)
+# How much stronger (weight, in the unconstrained fit) the inactive unit of an opposite pair must be
+# to take over from the one active in the previous frame.
+PAIR_HYSTERESIS = 0.2
 # QP blocks with fewer unknowns than this are merged into one QP (``_precompute_per_frame_constants``).
 SMALL_QP_BLOCK = 16
 # Largest output gain of the self-calibration (FaceSolver._self_calibration): units the fit leaves
@@ -844,13 +850,18 @@ class FaceSolver:
             # Warm start: last frame's solution of this same QP (before the pair exclusions).
             x = box_qp(hessian, g, block.lower, upper, self._u_open[block.index])
             self._u_open[block.index] = x
+            # Hysteresis: the unit of a pair that was active last frame stays so unless the other
+            # is clearly stronger, else a pair whose units both fit about equally well swaps
+            # from frame to frame, a jump of the whole weight.
+            previous = self._u[block.index]
+            incumbent = np.sign(previous[block.pair_a] - previous[block.pair_b]) * PAIR_HYSTERESIS
             for _ in range(len(OPPOSITE_PAIRS)):  # a re-solve can wake another pair: repeat
                 a, b = x[block.pair_a], x[block.pair_b]
                 both = (a > 0) & (b > 0)
                 if not both.any():
                     break
                 upper = upper.copy()
-                upper[np.where(a < b, block.pair_a, block.pair_b)[both]] = 0.0
+                upper[np.where(a + incumbent < b, block.pair_a, block.pair_b)[both]] = 0.0
                 x = box_qp(hessian, g, block.lower, upper, x)
             u[block.index] = x
         self._u = u
