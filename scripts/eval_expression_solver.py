@@ -201,9 +201,11 @@ def markdown_report(result: dict) -> str:
         f"{result['solve_ms']['in_tracking_loop_median']:.2f} ms, p95 {result['solve_ms']['in_tracking_loop_p95']:.2f} ms.",
         "",
         "Method notes: no parameter is fitted per coefficient or against (a). The solver's few global "
-        "settings (ridge, translation priors, identity prior, which regions use the closed-loop basis) "
-        "were chosen by looking at the aggregate of the barred coefficients on these same videos; the "
-        "per-unit output gains come from a closed loop on anny's model (no data).",
+        "settings (ridge, depth weight, translation priors, identity prior, the pair hysteresis) and "
+        "its structural choices (which regions use the closed-loop basis, which landmarks anchor the "
+        "brows and the irises, which units see the lids) were chosen by looking at the aggregate of the "
+        "barred coefficients on these same videos; the per-unit output gains come from a closed loop on "
+        "anny's model (no data).",
         "",
         "## Barred coefficients",
         "",

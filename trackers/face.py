@@ -30,7 +30,8 @@ this module's job:
 
 Cost, measured here (2 CPU cores shared with other jobs, load ~3), median ms per ``process()``
 call (MediaPipe plus conversions), frames 10+ of lp_d3.mp4 (512x512, one face), a still 800x400
-frame with two faces, and black frames; medians of 4 runs (best run in brackets):
+frame with two faces, and black frames; medians of 4 runs (best run in brackets). Measured before
+FaceMesh's graph was driven directly (``FaceMeshGraph``), which saves ~0.3 ms more per call:
 
 ==========  =========  ================  ===============  ==========  =================
 backend     max_faces  1 face            2 faces          no face     (re)acquisition
