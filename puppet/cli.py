@@ -35,6 +35,11 @@ def _count(minimum: int):
     return parse
 
 
+def _add_live_source_argument(p: argparse.ArgumentParser) -> None:
+    """``--camera`` of the live commands (webcam, stream)."""
+    p.add_argument("--camera", default="0", help="camera index, /dev/videoN, or a video file played in real time")
+
+
 def _add_tracking_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tracking")
     g.add_argument("--mode", choices=("full", "face"), default="full",
@@ -358,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("webcam", help="live preview: driver and avatar side by side",
                        description="Live puppeteering in a window. Keys: c recalibrate, n/p next/previous "
                                    "avatar, o overlay on/off, q quit.")
-    p.add_argument("--camera", default="0", help="camera index, /dev/videoN, or a video file played in real time")
+    _add_live_source_argument(p)
     p.add_argument("--max-seconds", type=float, help="stop after showing the preview this long")
     _add_render_arguments(p)
     _add_tracking_arguments(p)
@@ -370,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with a viewer page), webrtc (a browser page, lowest latency). Repeat --to for "
                                    "several at once. A status line shows fps, latency and drops; Ctrl-C ends "
                                    "every stream cleanly.")
-    p.add_argument("--camera", default="0", help="camera index, /dev/videoN, or a video file played in real time")
+    _add_live_source_argument(p)
     p.add_argument("--to", action="append", required=True, metavar="TARGET",
                    help="virtualcam[:/dev/videoN] | rtmp://HOST/APP/KEY | hls:DIR | webrtc")
     p.add_argument("--host", default="127.0.0.1",
