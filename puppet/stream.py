@@ -440,14 +440,16 @@ class FanOut:
         pass
 
     def write(self, packet: Packet) -> bool:
-        now = time.perf_counter()
         if self._start is None:
-            self._start = now
-            self._next_status = now + (self.monitor.every_s if self.monitor else 0.0)
             self.collector.start()
         image = self._fit(packet.rendered)
         self.sinks.send(image, packet.t, packet.captured)
         done = time.perf_counter()
+        if self._start is None:
+            # max_seconds counts from the first frame sent, as the pipeline's streaming time does:
+            # sending the first one can take a while (an encoder or a connection opening).
+            self._start = done
+            self._next_status = done + (self.monitor.every_s if self.monitor else 0.0)
         self.frames += 1
         self.dropped = packet.frame.index + 1 - self.frames
         self._times.append(done)

@@ -81,8 +81,6 @@ class WindowSink:
         import cv2
 
         now = time.perf_counter()
-        if self._deadline is None and self._max_seconds is not None:
-            self._deadline = now + self._max_seconds
         self._times.append(now)
         self._latencies.append(1e3 * (now - packet.captured))
         driver = packet.frame.image
@@ -99,6 +97,11 @@ class WindowSink:
         cv2.putText(bgr, text, (10, bgr.shape[0] - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
         cv2.imshow(WINDOW, bgr)
         key = cv2.waitKey(1) & 0xFF
+        # The clock starts once the first frame is on screen, as the pipeline's streaming time does:
+        # the first imshow opens the window and can take a tenth of a second.
+        shown = time.perf_counter()
+        if self._deadline is None and self._max_seconds is not None:
+            self._deadline = shown + self._max_seconds
         if key in (ord("q"), 27):
             return False
         if key == ord("c"):
@@ -108,7 +111,7 @@ class WindowSink:
             self._render.request_avatar(self._avatars[self._current])
         elif key == ord("o"):
             self._overlay = not self._overlay
-        return self._deadline is None or now < self._deadline
+        return self._deadline is None or shown < self._deadline
 
     def close(self) -> None:
         import cv2

@@ -278,6 +278,39 @@ def test_webcam_shows_a_live_preview(face_video: Path) -> None:
     assert 0 < int(match.group(4)) <= int(match.group(5))  # latency p50 <= p95 (ms)
 
 
+def test_preview_deadline_counts_from_the_first_frame_on_screen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first imshow opens the window and can take a tenth of a second or more: --max-seconds
+    must count from when the frame is on screen, as the printed streaming time does."""
+    import time
+    from types import SimpleNamespace
+
+    import cv2
+
+    from puppet.frame import Frame
+    from puppet.pipeline import Packet
+    from puppet.webcam import WindowSink
+
+    shown: list[float] = []
+
+    def imshow(name, image) -> None:
+        if not shown:
+            time.sleep(0.3)
+        shown.append(time.perf_counter())
+
+    monkeypatch.setattr(cv2, "imshow", imshow)
+    monkeypatch.setattr(cv2, "waitKey", lambda delay: -1)
+    sink = WindowSink([SimpleNamespace(name="a")], 0, retarget=None, render=None, max_seconds=0.2)
+    image = np.zeros((16, 16, 3), np.uint8)
+    keep_going = True
+    for i in range(100):
+        keep_going = sink.write(Packet(Frame(image, i / 30, i), time.perf_counter(), rendered=image))
+        if not keep_going:
+            break
+        time.sleep(0.02)
+    assert not keep_going, "max_seconds never stopped the preview"
+    assert 0.2 <= shown[-1] - shown[0] < 0.2 + 0.15, f"stopped {shown[-1] - shown[0]:.2f} s after the first frame"
+
+
 def test_webcam_without_a_camera() -> None:
     assert_one_error_line(run_puppet(["webcam", "--camera", "9"]), "no camera at 9")
 

@@ -424,3 +424,45 @@ def test_status_line_shows_fps_latency_and_drops() -> None:
         "streaming: webrtc http://127.0.0.1:8080/webrtc/",
         "01:15 25.0 fps | latency   81 ms | dropped 12 | rtmp OFFLINE 1790 sent, 3 dropped"
         " | webrtc 1700 sent, 90 dropped, 2 viewers, shown 60 ms"]
+
+
+def test_max_seconds_count_from_the_first_frame_sent() -> None:
+    """A sink whose first send is slow (an encoder opening) must not eat the streaming time: the
+    pipeline reports time from the first frame sent, and --max-seconds must mean the same."""
+    from types import SimpleNamespace
+
+    from puppet.frame import Frame
+    from puppet.pipeline import Packet
+    from puppet.stream import FanOut
+
+    class SlowFirstSend:
+        fmt = SimpleNamespace(size=(8, 8))
+        sends = 0
+
+        def send(self, image, t, captured) -> None:
+            self.sends += 1
+            if self.sends == 1:
+                time.sleep(0.3)
+
+        def stats(self) -> tuple:
+            return ()
+
+        def close(self) -> None:
+            pass
+
+    fanout = FanOut(SlowFirstSend(), max_seconds=0.2)
+    image = np.zeros((8, 8, 3), np.uint8)
+    try:
+        keep_going, first_sent, times = True, None, []
+        for i in range(100):
+            keep_going = fanout.write(Packet(Frame(image, i / 30, i), time.perf_counter(), rendered=image))
+            times.append(time.perf_counter())
+            first_sent = first_sent or times[0]
+            if not keep_going:
+                break
+            time.sleep(0.02)
+    finally:
+        fanout.close()
+    assert not keep_going, "max_seconds never stopped the stream"
+    streamed = times[-1] - first_sent
+    assert 0.2 <= streamed < 0.2 + 0.15, f"stopped {streamed:.2f} s after the first frame went out"
