@@ -308,7 +308,7 @@ def test_preview_deadline_counts_from_the_first_frame_on_screen(monkeypatch: pyt
             break
         time.sleep(0.02)
     assert not keep_going, "max_seconds never stopped the preview"
-    assert 0.2 <= shown[-1] - shown[0] < 0.2 + 0.15, f"stopped {shown[-1] - shown[0]:.2f} s after the first frame"
+    assert 0.2 <= shown[-1] - shown[0] < 0.2 + 0.25, f"stopped {shown[-1] - shown[0]:.2f} s after the first frame"
 
 
 def test_webcam_without_a_camera() -> None:

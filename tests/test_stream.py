@@ -465,4 +465,4 @@ def test_max_seconds_count_from_the_first_frame_sent() -> None:
         fanout.close()
     assert not keep_going, "max_seconds never stopped the stream"
     streamed = times[-1] - first_sent
-    assert 0.2 <= streamed < 0.2 + 0.15, f"stopped {streamed:.2f} s after the first frame went out"
+    assert 0.2 <= streamed < 0.2 + 0.25, f"stopped {streamed:.2f} s after the first frame went out"
