@@ -84,10 +84,15 @@ class VideoWriterOptions:
     audio_bitrate: int = 128_000
 
     def __post_init__(self) -> None:
-        if not 0 <= self.crf <= 51:
-            raise ValueError(f"crf must be in 0..51, got {self.crf}")
-        if not self.gop_seconds > 0:
-            raise ValueError(f"gop_seconds must be positive, got {self.gop_seconds}")
+        check_x264_settings(self.crf, self.gop_seconds)
+
+
+def check_x264_settings(crf: int, gop_seconds: float) -> None:
+    """The libx264 settings files and live streams share; ValueError when out of range."""
+    if not 0 <= crf <= 51:
+        raise ValueError(f"crf must be in 0..51, got {crf}")
+    if not gop_seconds > 0:
+        raise ValueError(f"gop_seconds must be positive, got {gop_seconds}")
 
 
 def even_size(size: tuple[int, int]) -> tuple[int, int]:

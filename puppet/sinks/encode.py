@@ -23,7 +23,7 @@ import av.error
 import numpy as np
 
 from puppet.sinks.base import StreamFormat
-from puppet.video_writer import even_size, pad_to_even
+from puppet.video_writer import check_x264_settings, even_size, pad_to_even
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,7 @@ class LiveEncoderOptions:
     audio_bitrate: int = 128_000
 
     def __post_init__(self) -> None:
-        if not 0 <= self.crf <= 51:
-            raise ValueError(f"crf must be in 0..51, got {self.crf}")
-        if not self.gop_seconds > 0:
-            raise ValueError(f"gop_seconds must be positive, got {self.gop_seconds}")
+        check_x264_settings(self.crf, self.gop_seconds)
         if self.max_bitrate < 100_000:
             raise ValueError(f"max_bitrate must be at least 100000 bits/s, got {self.max_bitrate}")
 
