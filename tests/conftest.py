@@ -53,3 +53,16 @@ def face_image() -> Path:
 @pytest.fixture(scope="session")
 def face_landmarker_task() -> Path:
     return _require(FACE_LANDMARKER)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny torch graphs (``pytestmark = pytest.mark.usefixtures(...)``): on the
+    shared 2-core machine two spinning OpenMP threads made them 5-10x slower than one (a 60 ms
+    frame took over a second)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

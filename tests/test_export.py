@@ -25,6 +25,8 @@ from puppet.generator.identity import IDENTITY_DIM
 from puppet.generator.model import Generator
 from puppet.generator.rig import RIG_BONES, Rig, RigTensors
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = GeneratorConfig.tiny()
 SIZE = 32
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -53,16 +55,6 @@ def tiny_rig(seed: int = 0) -> Rig:
                face_basis=(0.003 * rng.normal(size=(f, 52, 3))).astype(np.float32), face_vertex_ids=np.arange(f),
                portrait_target=np.zeros(3, np.float32), portrait_pivot=np.array([0, -0.01, -0.02], np.float32),
                portrait_distance=0.199 / math.tan(math.radians(7.0)), fov_deg=14.0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these graphs are tiny, and on a busy 2-core machine two spinning OpenMP
-    threads make a 60 ms frame take over a second."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,8 @@ from puppet.generator.rays import (RayCamera, camera_rays, lattice_ndc, orbit_ca
                                    sample_distances)
 from puppet.generator.rig import RIG_BONES, Rig, RigTensors
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = GeneratorConfig.tiny()
 B = 2
 
@@ -61,16 +63,6 @@ def synthetic_rig(seed: int, skin: int = TINY.skin_vertices, face: int = TINY.fa
         face_basis=(0.003 * rng.normal(size=(face, 52, 3))).astype(np.float32), face_vertex_ids=np.arange(face),
         portrait_target=np.zeros(3, np.float32), portrait_pivot=np.array([0, -0.01, -0.02], np.float32),
         portrait_distance=0.199 / math.tan(math.radians(7.0)), fov_deg=14.0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are too small for intra-op threads: on the shared 2-core CI machine two
-    spinning OpenMP threads made the file 5-10x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
