@@ -4,7 +4,11 @@ For every video in a folder, run the project's real tracking path twice:
 
 (a) ``FaceTracker(backend="landmarker")``: MediaPipe's FaceLandmarker with its 52-blendshape model
     (needs ``face_landmarker.task``), the reference;
-(b) ``FaceTracker(backend="facemesh")`` (the default backend) + ``FaceSolver`` (built-in fit).
+(b) ``FaceTracker(backend="facemesh")`` (the default backend) + ``FaceSolver`` (built-in fit);
+(b') the same ``FaceSolver`` on the landmarks of pass (a): FaceLandmarker's own landmark model, so
+    that (a) and (b') read the very same points and only the two solvers differ. FaceMesh's and the
+    FaceLandmarker's landmark networks are not the same model: MediaPipe's own blendshape network,
+    fed FaceMesh's landmarks, already departs from (a) (mouthFunnel r 0.76), and (b) inherits that.
 
 Frames are paired by their index in the file; a frame counts when both found the face. Reported:
 Pearson r per coefficient (51 comparable: MediaPipe has no tongueOut), pooled over all frames of
@@ -130,16 +134,21 @@ def per_video_affine_ceiling(ours: list[np.ndarray], theirs: list[np.ndarray]) -
 
 # ----------------------------------------------------------------------------- tracking passes
 
-def track_reference(path: Path, landmarker: Path) -> dict[int, np.ndarray]:
-    """(a): frame index -> MediaPipe's 52 blendshapes (contract order)."""
-    out: dict[int, np.ndarray] = {}
+def track_reference(path: Path, landmarker: Path, solver_options: FaceSolverOptions
+                    ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """(a) and (b'): frame index -> MediaPipe's 52 blendshapes (contract order), and frame index
+    -> the built-in solver's weights on the same FaceLandmarker landmarks."""
+    reference: dict[int, np.ndarray] = {}
+    same_landmarks: dict[int, np.ndarray] = {}
+    solver = FaceSolver(dataclasses.replace(solver_options, expression_source="builtin"))
     options = FaceTrackerOptions(backend="landmarker", face_landmarker=str(landmarker))
     with VideoFileSource(path) as source, FaceTracker(options) as tracker:
         for frame in source:
             face = tracker.process(frame)
             if face is not None and face.blendshapes is not None:
-                out[frame.index] = face.blendshapes.astype(np.float64)
-    return out
+                reference[frame.index] = face.blendshapes.astype(np.float64)
+                same_landmarks[frame.index] = solver.solve(face, frame.t).expression.astype(np.float64)
+    return reference, same_landmarks
 
 
 def track_builtin(path: Path, solver_options: FaceSolverOptions
@@ -236,14 +245,24 @@ def markdown_report(result: dict) -> str:
         "line, an oracle that reads (a). It is what a perfect per-driver calibration of level and gain "
         "would give; a ceiling below the bar means the frame-to-frame signal itself falls short.",
         "",
-        "| coefficient | bar | pooled r | per-video median r | ceiling | |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "(b'): the same solver on the FaceLandmarker's landmarks, the very points (a) reads, so that "
+        "only the solvers differ (the default path (b) also inherits the difference between FaceMesh's "
+        "and the FaceLandmarker's landmark networks).",
+        "",
+        "| coefficient | bar | pooled r (b) | per-video median r (b) | ceiling (b) | | pooled r (b') | |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     coeffs = result["coefficients"]
     for name, bar in BARS.items():
         c = coeffs[name]
+        same = c["same_landmarks_pooled_r"]
         lines.append(f"| {name} | {bar:.1f} | {_fmt(c['pooled_r'])} | {_fmt(c['median_r'])} | "
-                     f"{_fmt(c['affine_ceiling_r'])} | {'pass' if c['pooled_r'] >= bar else 'FAIL'} |")
+                     f"{_fmt(c['affine_ceiling_r'])} | {'pass' if c['pooled_r'] >= bar else 'FAIL'} | "
+                     f"{_fmt(same)} | {'pass' if same >= bar else 'FAIL'} |")
+    passed = sum(c["pooled_r"] >= BARS[n] for n, c in coeffs.items() if n in BARS)
+    passed_same = sum(c["same_landmarks_pooled_r"] >= BARS[n] for n, c in coeffs.items() if n in BARS)
+    lines += ["", f"Bars met: {passed} of {len(BARS)} on the default path (b), {passed_same} of {len(BARS)} "
+              "with the same landmarks as (a) (b')."]
     lines += ["", "## Single-ratio baselines (same FaceMesh landmarks)", "",
               "| ratio | against | pooled r | per-video median r | solver pooled r |",
               "| --- | --- | --- | --- | --- |"]
@@ -252,11 +271,13 @@ def markdown_report(result: dict) -> str:
                      f"{_fmt(coeffs[b['coefficient']]['pooled_r'])} |")
     lines += ["", "Ratios are signed a priori (eyelid gaps: closing eye = smaller gap, so r is of the "
               "negated gap).", "", "## All 51 comparable coefficients", "",
-              "| coefficient | pooled r | per-video median r | mean (a) | std (a) | mean (b) | std (b) |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+              "| coefficient | pooled r (b) | per-video median r (b) | pooled r (b') | mean (a) | std (a) "
+              "| mean (b) | std (b) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name in COMPARABLE:
         c = coeffs[name]
-        lines.append(f"| {name} | {_fmt(c['pooled_r'])} | {_fmt(c['median_r'])} | {c['mean_a']:.3f} | "
+        lines.append(f"| {name} | {_fmt(c['pooled_r'])} | {_fmt(c['median_r'])} | "
+                     f"{_fmt(c['same_landmarks_pooled_r'])} | {c['mean_a']:.3f} | "
                      f"{c['std_a']:.3f} | {c['mean_b']:.3f} | {c['std_b']:.3f} |")
     lines += ["", "n/a: the coefficient is constant in (a) or (b) (MediaPipe never moves cheekPuff, "
               "noseSneer*, cheekSquint* on these videos; the solver holds cheekPuff and tongueOut at 0).", ""]
@@ -267,6 +288,7 @@ def evaluate(videos: list[Path], landmarker: Path, solver_options: FaceSolverOpt
              max_frames: int | None = None) -> dict:
     ours: list[np.ndarray] = []
     theirs: list[np.ndarray] = []
+    ours_same: list[np.ndarray] = []  # (b') on the frames of ``ours``
     ratios: list[dict[str, np.ndarray]] = []
     times: list[float] = []
     isolated: list[float] = []
@@ -274,7 +296,7 @@ def evaluate(videos: list[Path], landmarker: Path, solver_options: FaceSolverOpt
     comparable = [ARKIT_NAMES.index(n) for n in COMPARABLE]
     for k, path in enumerate(videos):
         start = time.perf_counter()
-        reference = track_reference(path, landmarker)
+        reference, same_landmarks = track_reference(path, landmarker, solver_options)
         expressions, landmarks, solve_ms, isolated_ms = track_builtin(path, solver_options)
         common = sorted(set(reference) & set(expressions))[:max_frames]
         if len(common) < 3:
@@ -282,6 +304,7 @@ def evaluate(videos: list[Path], landmarker: Path, solver_options: FaceSolverOpt
             continue
         ours.append(np.array([expressions[i] for i in common])[:, comparable])
         theirs.append(np.array([reference[i] for i in common])[:, comparable])
+        ours_same.append(np.array([same_landmarks[i] for i in common])[:, comparable])
         ratios.append(ratio_baselines(np.array([landmarks[i] for i in common])))
         times += solve_ms
         isolated += isolated_ms
@@ -291,6 +314,7 @@ def evaluate(videos: list[Path], landmarker: Path, solver_options: FaceSolverOpt
                  time.perf_counter() - start)
     pooled, per_video_r = correlations(ours, theirs)
     ceiling = per_video_affine_ceiling(ours, theirs)
+    pooled_same, per_video_same = correlations(ours_same, theirs)
     coefficients = {}
     all_a, all_b = np.concatenate(theirs), np.concatenate(ours)
     for c, name in enumerate(COMPARABLE):
@@ -298,6 +322,8 @@ def evaluate(videos: list[Path], landmarker: Path, solver_options: FaceSolverOpt
             "pooled_r": pooled[c],
             "median_r": _nanmedian(per_video_r[:, c]),
             "affine_ceiling_r": ceiling[c],
+            "same_landmarks_pooled_r": pooled_same[c],
+            "same_landmarks_median_r": _nanmedian(per_video_same[:, c]),
             "per_video_r": {v["name"]: per_video_r[i, c] for i, v in enumerate(per_video)},
             "mean_a": float(all_a[:, c].mean()), "std_a": float(all_a[:, c].std()),
             "mean_b": float(all_b[:, c].mean()), "std_b": float(all_b[:, c].std()),
@@ -315,12 +341,15 @@ def evaluate(videos: list[Path], landmarker: Path, solver_options: FaceSolverOpt
         "machine": machine_info(),
         "solver_options": {k: (str(v) if isinstance(v, Path) else v)
                            for k, v in dataclasses.asdict(solver_options).items()},
-        "tracker_options": {"reference": "landmarker (FaceLandmarker + blendshapes)", "builtin": "facemesh"},
+        "tracker_options": {"reference": "landmarker (FaceLandmarker + blendshapes)", "builtin": "facemesh",
+                            "builtin_same_landmarks": "landmarker (its landmarks only)"},
         "landmarker": str(landmarker),
         "videos": per_video,
         "frames": int(sum(v["frames"] for v in per_video)),
         "bars": BARS,
         "passed": {name: bool(coefficients[name]["pooled_r"] >= bar) for name, bar in BARS.items()},
+        "passed_same_landmarks": {name: bool(coefficients[name]["same_landmarks_pooled_r"] >= bar)
+                                  for name, bar in BARS.items()},
         "coefficients": coefficients,
         "baselines": baselines,
         "solve_ms": {"median": float(np.median(isolated_arr)), "mean": float(isolated_arr.mean()),
@@ -364,9 +393,11 @@ def main() -> None:
     args.out.with_suffix(".md").write_text(markdown_report(_restore_nan(result)))
     log.info("wrote %s.{json,md}", args.out)
     for name, bar in BARS.items():
-        r = result["coefficients"][name]["pooled_r"]
+        c = result["coefficients"][name]
         verdict = "pass" if result["passed"][name] else "FAIL"
-        log.info("%-18s pooled r %s (bar %.1f) %s", name, _fmt(_nan(r)), bar, verdict)
+        same = "pass" if result["passed_same_landmarks"][name] else "FAIL"
+        log.info("%-18s pooled r %s (bar %.1f) %s; same landmarks as (a): %s %s", name,
+                 _fmt(_nan(c["pooled_r"])), bar, verdict, _fmt(_nan(c["same_landmarks_pooled_r"])), same)
 
 
 def _nan(value) -> float:
