@@ -62,7 +62,7 @@ import numpy as np
 from scipy import sparse
 
 from puppet.avatar import Avatar, HairStyle
-from puppet.contract import NUM_EXPRESSIONS, NUM_POSE_JOINTS, Blendshape, SmplJoint, pose_row
+from puppet.contract import NUM_EXPRESSIONS, NUM_POSE_JOINTS, Blendshape, SmplJoint, gaze_from_expression, pose_row
 from puppet.face_model import anny_to_contract, build_anny_model
 from puppet.rotations import axis_angle_to_matrix, fractional_rotation, rotation_between
 
@@ -113,10 +113,6 @@ MOVING_ROOTS: tuple[str, ...] = ("neck01", "clavicle.L", "clavicle.R")
 """Subtrees that move; every other bone (spine, root, legs) is the static torso."""
 
 TORSO = "torso"  # the reduced skeleton's static bone 0: everything that does not move
-
-# Gaze: the eyeLook* faceunits at weight 1 correspond to these angles (the face solver's scale).
-EYE_LOOK_MAX_YAW = np.radians(35.0)
-EYE_LOOK_MAX_PITCH = np.radians(30.0)
 
 SEGMENT_LABELS: tuple[str, ...] = (
     "head", "body", "eye_front.L", "eye_front.R", "eye_back.L", "eye_back.R",
@@ -209,18 +205,6 @@ def gaze_rotation(yaw: float, pitch: float) -> np.ndarray:
     ry = np.array([[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]])
     rx = np.array([[1.0, 0.0, 0.0], [0.0, cp, -sp], [0.0, sp, cp]])
     return ry @ rx
-
-
-def gaze_from_expression(expression: np.ndarray, max_yaw: float = EYE_LOOK_MAX_YAW,
-                         max_pitch: float = EYE_LOOK_MAX_PITCH) -> np.ndarray:
-    """Per-eye (left, right) yaw and pitch from the eyeLook* weights. ``52 -> 2 x 2``: the
-    left eye looks to the person's left when it looks out, the right eye when it looks in."""
-    e = np.asarray(expression, dtype=np.float64)
-    b = Blendshape
-    return np.array([
-        [(e[b.eyeLookOutLeft] - e[b.eyeLookInLeft]) * max_yaw, (e[b.eyeLookDownLeft] - e[b.eyeLookUpLeft]) * max_pitch],
-        [(e[b.eyeLookInRight] - e[b.eyeLookOutRight]) * max_yaw, (e[b.eyeLookDownRight] - e[b.eyeLookUpRight]) * max_pitch],
-    ])
 
 
 def incidence_matrix(faces: np.ndarray, num_vertices: int) -> sparse.csr_matrix:

@@ -522,7 +522,7 @@ class _Renderer:
 
     def render(self, baked, sample: SampleParams) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """-> (portrait (S, S, 4), face (S/2, S/2, 4), labels of ``FIELDS``)."""
-        from puppet.avatar_model import gaze_from_expression
+        from puppet.contract import gaze_from_expression
         from puppet.params import AvatarParams
 
         params = AvatarParams(t=0.0, expression=sample.expression, pose=sample.pose, camera=sample.camera,

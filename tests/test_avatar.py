@@ -26,12 +26,11 @@ from puppet.avatar_model import (
     SMPL_REST_BONES,
     driven_rotations,
     forward_kinematics,
-    gaze_from_expression,
     gaze_rotation,
     linear_blend_skinning,
     rest_corrections,
 )
-from puppet.contract import Blendshape, SmplJoint, pose_row
+from puppet.contract import Blendshape, SmplJoint, gaze_from_expression, pose_row
 from puppet.errors import AssetError
 from puppet.face_model import ANNY_TO_CONTRACT, anny_to_contract
 from puppet.rotations import axis_angle_to_matrix, fractional_rotation

@@ -96,7 +96,7 @@ from typing import Literal
 import numpy as np
 from scipy.linalg.lapack import dposv as _dposv
 
-from puppet.contract import ARKIT_NAMES, NUM_EXPRESSIONS, Blendshape
+from puppet.contract import ARKIT_NAMES, NUM_EXPRESSIONS, Blendshape, gaze_from_expression
 from puppet.errors import AssetError
 from puppet.rotations import rotation_between
 from trackers import face_landmarks as fl
@@ -460,22 +460,6 @@ def line_of_sight_rotation(center_px: np.ndarray, image_size: tuple[int, int], f
     return rotation_between(np.array([0.0, 0.0, 1.0]), np.array([-u, -v, f]))
 
 
-def gaze_from_expression(expression: np.ndarray, max_yaw: float = np.radians(35.0),
-                         max_pitch: float = np.radians(30.0)) -> np.ndarray:
-    """Per-eye (left, right) yaw and pitch from the eyeLook* weights. ``52 -> 2 x 2``.
-
-    Positive yaw looks towards the person's left (+X), positive pitch looks down (SMPL signs):
-    the left eye looks left when it looks out, the right eye when it looks in.
-    """
-    e = expression
-    yaw_left = e[B.eyeLookOutLeft] - e[B.eyeLookInLeft]
-    yaw_right = e[B.eyeLookInRight] - e[B.eyeLookOutRight]
-    pitch_left = e[B.eyeLookDownLeft] - e[B.eyeLookUpLeft]
-    pitch_right = e[B.eyeLookDownRight] - e[B.eyeLookUpRight]
-    return np.array([[yaw_left * max_yaw, pitch_left * max_pitch],
-                     [yaw_right * max_yaw, pitch_right * max_pitch]], dtype=np.float32)
-
-
 # ----------------------------------------------------------------------------- solver
 
 @dataclass(frozen=True)
@@ -785,7 +769,7 @@ class FaceSolver:
             head_translation=translation,
             scale=scale,
             expression=expression,
-            gaze=gaze_from_expression(expression),
+            gaze=gaze_from_expression(expression).astype(np.float32),
             shape=self._identity.astype(np.float32),
             fit_error_mm=fit_error,
             source=source,
