@@ -17,3 +17,10 @@ class OutputError(PuppetError):
 
 class AssetError(PuppetError):
     """A model or data file is missing, corrupt or foreign."""
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one short line for an error message (FFmpeg's and the OS's errors without
+    their errno and file name; no line breaks)."""
+    text = getattr(error, "strerror", None) or str(error)
+    return " ".join(str(text).split())

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from av.sidedata.sidedata import Type as SideDataType
 
-from puppet.errors import InputError
+from puppet.errors import InputError, one_line
 from puppet.frame import Frame
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,7 @@ class VideoFileSource(_SourceBase):
         except av.error.FFmpegError as e:
             raise InputError(
                 f"cannot read {path}: not a media file, or its header is corrupt or truncated "
-                f"({_one_line(e)})"
+                f"({one_line(e)})"
             ) from None
         try:
             self._setup(path)
@@ -363,7 +363,7 @@ class VideoFileSource(_SourceBase):
             except av.error.FFmpegError as e:
                 log.warning(
                     "%s: reading stopped after a demux error (%s); keeping the frames so far",
-                    self._container.name, _one_line(e),
+                    self._container.name, one_line(e),
                 )
                 self._ended = True
                 self._flush_decoder()
@@ -374,7 +374,7 @@ class VideoFileSource(_SourceBase):
             except av.error.FFmpegError as e:
                 self._errors += 1
                 log.warning("%s: skipped a packet that does not decode (%s)",
-                            self._container.name, _one_line(e))
+                            self._container.name, one_line(e))
                 if self._errors >= _MAX_CONSECUTIVE_DECODE_ERRORS:
                     log.warning("%s: %d decode errors in a row: stopping",
                                 self._container.name, self._errors)
@@ -385,7 +385,7 @@ class VideoFileSource(_SourceBase):
         try:
             self._pending.extend(self._stream.decode(None))
         except av.error.FFmpegError as e:
-            log.warning("%s: flushing the decoder failed (%s)", self._container.name, _one_line(e))
+            log.warning("%s: flushing the decoder failed (%s)", self._container.name, one_line(e))
 
     def _frames(self) -> Iterator[Frame]:
         tb = self._time_base
@@ -642,9 +642,3 @@ def open_source(
     if path.is_dir() or path.suffix.lower() in IMAGE_EXTENSIONS:
         return ImageSource(path, image)
     return VideoFileSource(path, video)
-
-
-def _one_line(error: BaseException) -> str:
-    """An exception as one short line (FFmpeg errors without their errno and file name)."""
-    text = getattr(error, "strerror", None) or str(error)
-    return " ".join(str(text).split())

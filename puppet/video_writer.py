@@ -39,7 +39,7 @@ import av
 import av.error
 import numpy as np
 
-from puppet.errors import InputError, OutputError
+from puppet.errors import InputError, OutputError, one_line
 
 if TYPE_CHECKING:
     from puppet.sources import SourceInfo
@@ -174,7 +174,7 @@ class VideoWriter:
         except (av.error.FFmpegError, OSError) as e:
             if self._audio is not None:
                 self._audio.close()
-            raise OutputError(f"cannot write {self.path}: {_one_line(e)}") from None
+            raise OutputError(f"cannot write {self.path}: {one_line(e)}") from None
         try:
             self._stream = self._add_video_stream()
             if self._audio is not None:
@@ -263,7 +263,7 @@ class VideoWriter:
                 self._container.close()
             except av.error.FFmpegError as e:
                 if not self._broken:
-                    raise OutputError(f"cannot finish {self.path}: {_one_line(e)}") from e
+                    raise OutputError(f"cannot finish {self.path}: {one_line(e)}") from e
         if self.frames_written == 0:
             log.warning("%s: no frames were written", self.path)
         log.info("wrote %s: %d frames", self.path, self.frames_written)
@@ -278,7 +278,7 @@ class VideoWriter:
             yield
         except (av.error.FFmpegError, OSError) as e:
             self._broken = True
-            raise OutputError(f"cannot write {self.path}: {_one_line(e)}") from e
+            raise OutputError(f"cannot write {self.path}: {one_line(e)}") from e
 
     def _abort(self) -> None:
         self._closed = True
@@ -343,7 +343,7 @@ class _AudioCopier:
         try:
             container = av.open(str(path), mode="r")
         except av.error.FFmpegError as e:
-            raise InputError(f"cannot read audio from {path}: {_one_line(e)}") from None
+            raise InputError(f"cannot read audio from {path}: {one_line(e)}") from None
         if not container.streams.audio:
             log.info("%s has no audio stream: the output has no audio", path)
             container.close()
@@ -407,7 +407,7 @@ class _AudioCopier:
                 self._exhausted = True
                 return None
             except av.error.FFmpegError as e:
-                log.warning("%s: audio reading stopped (%s)", self.path, _one_line(e))
+                log.warning("%s: audio reading stopped (%s)", self.path, one_line(e))
                 self._exhausted = True
                 return None
             if packet.pts is None or packet.size == 0:  # flush marker or no timing
@@ -428,7 +428,7 @@ class _AudioCopier:
             frames = self._in_stream.decode(packet)
         except av.error.FFmpegError as e:
             log.warning("%s: skipped an audio packet that does not decode (%s)",
-                        self.path, _one_line(e))
+                        self.path, one_line(e))
             return
         for frame in frames:
             trimmed = self._trim_before_origin(frame)
@@ -492,9 +492,3 @@ def _check_output_path(path: Path) -> str:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {path}: folder {folder} is not writable")
     return CONTAINERS[suffix]
-
-
-def _one_line(error: BaseException) -> str:
-    """An exception as one short line (FFmpeg errors without their errno and file name)."""
-    text = getattr(error, "strerror", None) or str(error)
-    return " ".join(str(text).split())

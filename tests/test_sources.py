@@ -364,3 +364,10 @@ def test_open_source_picks_the_kind(tmp_path: Path) -> None:
         assert isinstance(source, VideoFileSource)
     with open_source(write_png(tmp_path / "x.JPG", (1, 2, 3))) as source:
         assert isinstance(source, ImageSource)
+
+
+def test_one_line_drops_errno_and_file_name_and_line_breaks() -> None:
+    from puppet.errors import one_line
+
+    assert one_line(FileNotFoundError(2, "No such file or directory", "/x/y.mp4")) == "No such file or directory"
+    assert one_line(ValueError("bad\n  header\tat 3")) == "bad header at 3"

@@ -29,7 +29,7 @@ from pathlib import Path
 import av
 import av.error
 
-from puppet.errors import OutputError
+from puppet.errors import OutputError, one_line
 from puppet.sinks.base import (FrameTimes, LatencyWindow, NewestFrameWorker, Outgoing, SinkStats, StreamFormat,
                                WorkerFedSink,
                                perf_to_epoch)
@@ -165,7 +165,7 @@ class HlsSink(WorkerFedSink):
         try:
             container = av.open(str(self.playlist), mode="w", format="hls", options=hls_options)
         except (OSError, av.error.FFmpegError) as exc:
-            raise OutputError(f"cannot write HLS into {self.directory}: {_one_line(exc)}") from None
+            raise OutputError(f"cannot write HLS into {self.directory}: {one_line(exc)}") from None
         encoder_options = self.options.encoder
         if encoder_options.gop_seconds != seconds:
             encoder_options = dataclasses.replace(encoder_options, gop_seconds=seconds)
@@ -174,7 +174,7 @@ class HlsSink(WorkerFedSink):
             self._encoder.start()
         except (OSError, av.error.FFmpegError) as exc:
             container.close()
-            raise OutputError(f"cannot write HLS into {self.directory}: {_one_line(exc)}") from None
+            raise OutputError(f"cannot write HLS into {self.directory}: {one_line(exc)}") from None
         if self.server is not None:
             self.server.add_folder(self.options.path, self.directory, title="HLS viewer (any HLS player: stream.m3u8)")
             self.server.add_post(self.options.path + "report", self._on_report)
@@ -225,7 +225,7 @@ class HlsSink(WorkerFedSink):
         try:
             stream_t = self._encoder.encode(item.image, item.t)
         except (OSError, av.error.FFmpegError) as exc:
-            raise OutputError(f"cannot write HLS into {self.directory}: {_one_line(exc)}") from None
+            raise OutputError(f"cannot write HLS into {self.directory}: {one_line(exc)}") from None
         self._sent += 1
         captured = perf_to_epoch(item.captured)
         self.times.add(round(stream_t * 1000), captured)
@@ -263,8 +263,3 @@ class HlsSink(WorkerFedSink):
             if captured is not None:
                 self._viewer_latency.add(float(sample["shown"]) - 1e3 * captured)
         return Response(b"{}", "application/json")
-
-
-def _one_line(error: BaseException) -> str:
-    text = getattr(error, "strerror", None) or str(error)
-    return " ".join(str(text).split())

@@ -38,7 +38,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from puppet.errors import OutputError
+from puppet.errors import OutputError, one_line
 from puppet.sinks.base import (FrameTimes, LatencyWindow, NewestFrameWorker, Outgoing, SinkStats, StreamFormat,
                                WorkerFedSink,
                                perf_to_epoch)
@@ -336,7 +336,7 @@ def _publish(stdin: IO[bytes], stdout: IO[str]) -> int:
         encoder = LiveEncoder(container, fmt, options, audio)
         encoder.start()  # connects and publishes
     except (OSError, av.error.FFmpegError) as exc:
-        reply(error=_one_line(exc))
+        reply(error=one_line(exc))
         return 2
     reply(connected=True)
     code = 0
@@ -350,7 +350,7 @@ def _publish(stdin: IO[bytes], stdout: IO[str]) -> int:
             stream_t = encoder.encode(image, header["t"])
             reply(stream_t=stream_t, shift=encoder.audio_shift)
     except (OSError, av.error.FFmpegError) as exc:
-        reply(error=_one_line(exc))
+        reply(error=one_line(exc))
         code = 2
     finally:
         try:
@@ -360,11 +360,6 @@ def _publish(stdin: IO[bytes], stdout: IO[str]) -> int:
         if audio is not None:
             audio.close()
     return code
-
-
-def _one_line(error: BaseException) -> str:
-    text = getattr(error, "strerror", None) or str(error)
-    return " ".join(str(text).split())
 
 
 if __name__ == "__main__":
