@@ -1,4 +1,5 @@
-"""Names and indices of the parameter contract (DESIGN.md), in one module.
+"""Names and indices of the parameter contract (DESIGN.md), in one module, and the one relation
+between its fields (gaze <-> the eyeLook* weights).
 
 Expression weights follow anny's ``facial_action_labels``: MediaPipe's blendshape order without its
 leading ``_neutral``, then ``tongueOut``. Pose rows are SMPL joints 12-17.
